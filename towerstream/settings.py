@@ -1,0 +1,97 @@
+"""The one settings object, read from ``TOWERSTREAM_*`` environment variables.
+
+Built at entry points only (CLI, Faust app, benchmarks); core classes take
+plain values or their own small frozen configs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Defaults work on a laptop: embedded broker, ./data, port 6066 on loopback."""
+
+    model_config = SettingsConfigDict(env_prefix="TOWERSTREAM_", env_file=None, frozen=True)
+
+    # Kafka
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="host:port[,host:port]; unset means start the embedded Tansu broker",
+    )
+    embedded_broker_port: int = 9092
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    # Topics
+    topic_prefix: str = "towerstream"
+    topic_partitions: int = 4
+    topic_replication: int = 1
+
+    # Faust worker
+    app_id: str = "towerstream"
+    data_dir: Path = Path("./data")
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    broker_session_timeout: float = 60.0
+    broker_heartbeat_interval: float = 3.0
+    consumer_max_fetch_wait_ms: int = 50
+    log_level: str = "info"
+    log_json: bool = True
+
+    # Micro-batching and model cadence
+    batch_max: int = 512
+    batch_within_s: float = 0.05
+    checkpoint_every_s: float = 30.0
+    reembed_every_s: float = 300.0
+
+    # Model
+    embedding_dim: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    history_len: int = 50
+    index_kind: Literal["auto", "flat", "ivf"] = "auto"
+
+    # Serving
+    default_k: int = 10
+    max_k: int = 500
+    api_token: SecretStr | None = None
+    protect_reads: bool = False
+    max_request_bytes: int = 1_000_000
+
+    def topic(self, name: str) -> str:
+        """Full topic name, e.g. ``topic("interactions") -> "towerstream.interactions"``."""
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def bootstrap(self) -> str:
+        """The address clients connect to (embedded broker when none is configured)."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.embedded_broker_port}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+
+TOPIC_NAMES = (
+    "interactions",
+    "items",
+    "users",
+    "dead-letters",
+    "drift-metrics",
+    "recommend-requests",
+    "recommend-responses",
+)
+
+
+def get_settings() -> Settings:
+    return Settings()
