@@ -1,0 +1,46 @@
+"""Settings -> kafka-python keyword arguments.
+
+One place maps the security fields, so the producer, the admin client and the
+recorder's consumer all reach a SASL/TLS cluster the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from towerstream.settings import Settings
+
+_SASL = ("SASL_PLAINTEXT", "SASL_SSL")
+_TLS = ("SSL", "SASL_SSL")
+
+
+def client_config(settings: Settings, *, client_id: str = "towerstream") -> dict[str, Any]:
+    """kwargs common to KafkaProducer, KafkaConsumer and KafkaAdminClient.
+
+    SASL fields are passed only for ``SASL_*`` protocols and TLS files only for
+    ``SSL``/``SASL_SSL``; a SASL protocol without a mechanism or credentials is a
+    configuration error raised here rather than deep inside the client.
+    """
+    protocol = settings.security_protocol
+    conf: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in settings.bootstrap.split(",") if s.strip()],
+        "security_protocol": protocol,
+        "client_id": client_id,
+    }
+    if protocol in _SASL:
+        if settings.sasl_mechanism is None:
+            raise ValueError(f"security_protocol={protocol} needs TOWERSTREAM_SASL_MECHANISM")
+        if settings.sasl_username is None or settings.sasl_password is None:
+            raise ValueError(
+                f"sasl_mechanism={settings.sasl_mechanism} needs TOWERSTREAM_SASL_USERNAME "
+                "and TOWERSTREAM_SASL_PASSWORD"
+            )
+        conf["sasl_mechanism"] = settings.sasl_mechanism
+        conf["sasl_plain_username"] = settings.sasl_username
+        conf["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    if protocol in _TLS:
+        for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(settings, field)
+            if value is not None:
+                conf[field] = value
+    return conf
