@@ -1,0 +1,122 @@
+"""Faust agents: raw bytes in, pydantic validation, micro-batches into the engine.
+
+Each agent reads raw bytes (a record Faust cannot decode would otherwise crash the
+actor and be skipped silently), validates with the event schemas, dead-letters what
+fails with the reason, and hands the valid micro-batch to the engine on the training
+thread. ``take_events`` acks a batch only after its body returns, so offsets are
+committed only for events whose effects are already durable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+import structlog
+
+from streams import metrics
+from streams.runtime import WorkerRuntime
+from towerstream.engine import SourcePos
+from towerstream.events import InvalidEvent, RecommendResponse, decode_interaction, decode_item, decode_user, encode
+from towerstream.events.recommend import RecommendRequest
+
+log = structlog.get_logger(__name__)
+
+
+async def _validate(
+    runtime: WorkerRuntime, events: list[Any], decode: Callable[[bytes], Any]
+) -> tuple[list[Any], list[SourcePos]]:
+    valid: list[Any] = []
+    sources: list[SourcePos] = []
+    for event in events:
+        msg = event.message
+        try:
+            valid.append(decode(msg.value))
+            sources.append(SourcePos(msg.topic, msg.partition, msg.offset))
+        except InvalidEvent as exc:
+            await runtime.dead_letter(msg, exc.reason, exc.kind)
+        except Exception as exc:  # noqa: BLE001 - bad input must never stop the agent
+            await runtime.dead_letter(msg, f"{type(exc).__name__}: {exc}", "invalid")
+    return valid, sources
+
+
+def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
+    s = runtime.settings
+
+    @app.agent(topics["interactions"], name="interactions")
+    async def interactions(stream: faust.StreamT[bytes]) -> None:
+        engine = await runtime.wait_ready()
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            valid, sources = await _validate(runtime, list(events), decode_interaction)
+            if not valid:
+                continue
+            res = await runtime.run(engine.learn, valid, sources)
+            topic = s.topic("interactions")
+            metrics.EVENTS.labels(topic).inc(res.trained)
+            metrics.BATCH_SECONDS.labels(topic).observe(res.seconds)
+            if res.duplicates:
+                metrics.DUPLICATES.labels(topic).inc(len(res.duplicates))
+            if res.unknown_items:
+                metrics.UNKNOWN_ITEMS.inc(len(res.unknown_items))
+            for lag in res.upsert_lag_ms:
+                metrics.UPSERT_LAG.observe(max(lag, 0.0) / 1000)
+            metrics.LOSS.set(res.loss)
+            metrics.MODEL_VERSION.set(engine.model_version)
+            metrics.INDEX_SIZE.set(len(engine.index))
+
+    @app.agent(topics["items"], name="items")
+    async def items(stream: faust.StreamT[bytes]) -> None:
+        engine = await runtime.wait_ready()
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            valid, sources = await _validate(runtime, list(events), decode_item)
+            if not valid:
+                continue
+            t0 = time.perf_counter()
+            res = await runtime.run(engine.apply_items, valid, sources)
+            topic = s.topic("items")
+            metrics.EVENTS.labels(topic).inc(res.upserted + res.deleted)
+            metrics.BATCH_SECONDS.labels(topic).observe(time.perf_counter() - t0)
+            metrics.DUPLICATES.labels(topic).inc(len(res.duplicates))
+            metrics.UNKNOWN_DELETES.inc(len(res.unknown_deletes))
+            metrics.STALE_ITEMS.inc(len(res.stale))
+            now_ms = time.time() * 1000
+            for ev in valid:
+                metrics.UPSERT_LAG.observe(max(now_ms - ev.ts.timestamp() * 1000, 0.0) / 1000)
+            metrics.INDEX_SIZE.set(len(engine.index))
+
+    @app.agent(topics["users"], name="users")
+    async def users(stream: faust.StreamT[bytes]) -> None:
+        engine = await runtime.wait_ready()
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            valid, sources = await _validate(runtime, list(events), decode_user)
+            if valid:
+                await runtime.run(engine.apply_users, valid, sources)
+                metrics.EVENTS.labels(s.topic("users")).inc(len(valid))
+
+    @app.agent(topics["recommend-requests"], name="recommend-requests")
+    async def recommend_requests(stream: faust.StreamT[bytes]) -> None:
+        """Kafka request/reply: answers go to ``reply_to`` (or the responses topic), keyed by request id."""
+        engine = await runtime.wait_ready()
+        async for event in stream.events():
+            msg = event.message
+            try:
+                req = RecommendRequest.model_validate_json(msg.value)
+            except ValueError as exc:
+                await runtime.dead_letter(msg, str(exc).splitlines()[0][:500], "invalid")
+                continue
+            k = min(req.k, s.max_k)
+            rec = await runtime.serve(
+                engine.recommend, req.user_id, k, exclude_seen=req.exclude_seen, filters=req.filters,
+                contexts=[req.context] if req.context else None,
+            )
+            resp = RecommendResponse(
+                request_id=req.request_id, user_id=req.user_id,
+                items=[{"item_id": i, "score": sc} for i, sc in rec.items],  # type: ignore[misc]
+                source=rec.source, fallback_reason=rec.fallback_reason,
+                model_version=engine.model_version, served_at_ms=int(time.time() * 1000),
+            )
+            target = app.topic(req.reply_to) if req.reply_to else topics["recommend-responses"]
+            key = (req.request_id or req.user_id).encode()
+            await target.send(key=key, value=encode(resp))

@@ -1,0 +1,150 @@
+"""The Faust app. ``faust -A streams.app worker -l info`` (or ``towerstream worker``).
+
+Configuration comes from ``TOWERSTREAM_*`` environment variables (towerstream.settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import faust
+import structlog
+from faust.sensors.prometheus import setup_prometheus_sensors
+
+from streams import metrics
+from streams.agents import register_agents
+from streams.kafka_auth import aiokafka_kwargs, faust_credentials
+from streams.runtime import WorkerRuntime
+from streams.views import register_views
+from towerstream.logs import configure_logging
+from towerstream.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+
+def _patch_fetch_wait(ms: int) -> None:
+    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its consumer; we want fresher fetches.
+
+    A long-poll fetch is not woken early by every broker (Tansu waits it out), so the
+    setting bounds event latency. Wrapping the class the driver instantiates is the
+    smallest change that keeps everything else Faust's.
+    """
+    import aiokafka
+    import faust.transport.drivers.aiokafka as driver
+
+    base = aiokafka.AIOKafkaConsumer
+    if getattr(driver.aiokafka, "_towerstream_patched", False):
+        return
+
+    class _Consumer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("fetch_max_wait_ms") == 1500:
+                kwargs["fetch_max_wait_ms"] = ms
+            super().__init__(*args, **kwargs)
+
+    class _Module:
+        _towerstream_patched = True
+
+        def __getattr__(self, name: str) -> Any:
+            return _Consumer if name == "AIOKafkaConsumer" else getattr(aiokafka, name)
+
+    driver.aiokafka = _Module()  # type: ignore[assignment]
+
+
+def create_app(settings: Settings) -> faust.App:
+    configure_logging(settings.log_level, settings.log_json)
+    _patch_fetch_wait(settings.consumer_max_fetch_wait_ms)
+    app = faust.App(
+        settings.app_id,
+        broker=",".join(f"kafka://{h}" for h in settings.bootstrap.split(",")),
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        autodiscover=False,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.batch_max * 4),
+        producer_acks=-1,
+        # Tansu reports end offsets too low; this check would raise falsely. We keep no tables.
+        recovery_consistency_check=False,
+    )
+    runtime = WorkerRuntime(settings)
+    app.towerstream_runtime = runtime  # type: ignore[attr-defined]
+
+    def topic(name: str, partitions: int | None = None) -> Any:
+        return app.topic(
+            settings.topic(name), key_type=bytes, value_type=bytes, key_serializer="raw",
+            value_serializer="raw", partitions=partitions or settings.topic_partitions,
+        )
+
+    topics = {name: topic(name) for name in ("interactions", "items", "users", "recommend-requests",
+                                             "recommend-responses")}
+    topics["dead-letters"] = topic("dead-letters")
+    topics["drift-metrics"] = topic("drift-metrics")
+    runtime.dead_letter_topic = topics["dead-letters"]
+    runtime.topics = topics  # type: ignore[attr-defined]
+
+    register_agents(app, runtime, topics)
+    register_views(app, runtime, topics)
+    setup_prometheus_sensors(app, pattern="/metrics", name_prefix="towerstream_faust")
+
+    @app.task
+    async def open_engine() -> None:
+        await runtime.open()
+
+    @app.task
+    async def probe_kafka() -> None:
+        """Health of the broker link: a metadata request every 2 s (drives /healthz)."""
+        from aiokafka import AIOKafkaClient
+
+        client = AIOKafkaClient(
+            bootstrap_servers=settings.bootstrap, request_timeout_ms=3000, **aiokafka_kwargs(settings)
+        )
+        booted = False
+        while True:
+            try:
+                if not booted:
+                    await asyncio.wait_for(client.bootstrap(), 5)
+                    booted = True
+                await asyncio.wait_for(client.fetch_all_metadata(), 3)
+                up = True
+            except Exception:  # noqa: BLE001 - any failure means "cannot reach Kafka now"
+                up = False
+            if up != runtime.kafka_up:
+                log.info("kafka_reachability", reachable=up)
+            runtime.kafka_up = up
+            metrics.KAFKA_UP.set(1 if up else 0)
+            await asyncio.sleep(2)
+
+    @app.timer(interval=settings.checkpoint_every_s)
+    async def periodic_checkpoint() -> None:
+        if runtime.ready:
+            await runtime.checkpoint()
+
+    @app.timer(interval=settings.reembed_every_s)
+    async def periodic_reembed() -> None:
+        """Keep vectors of untouched items consistent with the current item tower."""
+        if runtime.engine is not None and runtime.ready:
+            n = await runtime.run(runtime.engine.reembed_all)
+            log.info("catalog_reembedded", items=n, model_version=runtime.engine.model_version)
+
+    @app.on_before_shutdown.connect
+    async def final_checkpoint(app: faust.App, **kwargs: Any) -> None:
+        with contextlib.suppress(Exception):
+            await runtime.close()
+
+    return app
+
+
+settings = get_settings()
+app = create_app(settings)

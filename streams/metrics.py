@@ -1,0 +1,31 @@
+"""Prometheus metrics (the default registry; Faust's sensor serves it on /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("towerstream_events_total", "Valid events processed", ["topic"])
+DEAD_LETTERS = Counter("towerstream_dead_letters_total", "Records sent to the dead-letter topic", ["topic", "kind"])
+DUPLICATES = Counter("towerstream_duplicates_total", "Events dropped as duplicates (same event id)", ["topic"])
+UNKNOWN_ITEMS = Counter("towerstream_unknown_item_interactions_total", "Interactions on items with no content yet")
+UNKNOWN_DELETES = Counter("towerstream_unknown_item_deletes_total", "Deletes of items never seen (ignored)")
+STALE_ITEMS = Counter("towerstream_stale_item_events_total", "Item events older than the stored version (ignored)")
+BATCH_SECONDS = Histogram(
+    "towerstream_batch_seconds", "Time to apply one micro-batch", ["topic"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+UPSERT_LAG = Histogram(
+    "towerstream_upsert_lag_seconds", "Event time to index upsert",
+    buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+LOSS = Gauge("towerstream_train_loss", "Loss of the last training step")
+MODEL_VERSION = Gauge("towerstream_model_version", "Training steps applied")
+INDEX_SIZE = Gauge("towerstream_index_items", "Items in the vector index")
+READY = Gauge("towerstream_ready", "1 when the worker can answer recommendations")
+KAFKA_UP = Gauge("towerstream_kafka_reachable", "1 when the broker answered the last metadata probe")
+RECOMMEND_SECONDS = Histogram(
+    "towerstream_recommend_seconds", "Time to answer one recommendation request", ["source"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+CHECKPOINT_SECONDS = Gauge("towerstream_checkpoint_seconds", "Duration of the last checkpoint")
+HTTP_REJECTED = Counter("towerstream_http_rejected_total", "HTTP requests answered 4xx", ["path", "status"])

@@ -1,0 +1,105 @@
+"""The worker's state outside Faust: the engine, its executors, dead-lettering, health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from streams import metrics
+from towers import TowerConfig
+from towerstream.engine import Engine, EngineConfig
+from towerstream.events import DeadLetter, encode
+from towerstream.settings import Settings
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    tower = TowerConfig(
+        dim=settings.embedding_dim, device=settings.device, seed=settings.seed, history_len=settings.history_len
+    )
+    return EngineConfig(tower=tower, index_kind=settings.index_kind)
+
+
+class WorkerRuntime:
+    """Owns the Engine. All engine mutations run on one thread (in order); reads on a small pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: Engine | None = None
+        self.train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+        self.serve_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="serve")
+        self._ready: asyncio.Event | None = None
+        self.kafka_up = False
+        self.started_at = time.time()
+        self.dead_letter_topic: Any = None  # set by the app: a faust Topic
+        self.last_checkpoint_at = 0.0
+        self.last_reembed_at = time.time()
+
+    @property
+    def ready_event(self) -> asyncio.Event:
+        if self._ready is None:
+            self._ready = asyncio.Event()
+        return self._ready
+
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None and self.ready_event.is_set()
+
+    async def open(self) -> Engine:
+        path = Path(self.settings.data_dir) / "engine"
+        t0 = time.perf_counter()
+        self.engine = await self.run(Engine.open, path, engine_config(self.settings))
+        self.ready_event.set()
+        metrics.READY.set(1)
+        metrics.INDEX_SIZE.set(len(self.engine.index))
+        log.info("engine_ready", seconds=round(time.perf_counter() - t0, 3), **self.engine.stats())
+        return self.engine
+
+    async def wait_ready(self) -> Engine:
+        await self.ready_event.wait()
+        assert self.engine is not None
+        return self.engine
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run an engine mutation off the event loop, serialised with every other mutation."""
+        return await asyncio.get_running_loop().run_in_executor(self.train_pool, lambda: fn(*args))
+
+    async def serve(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.serve_pool, lambda: fn(*args, **kw))
+
+    async def dead_letter(self, message: Any, reason: str, kind: str, event_id: str | None = None) -> None:
+        """Send the original bytes with where they came from and why; never raises on bad input."""
+        value = message.value if isinstance(message.value, (bytes, bytearray)) else str(message.value).encode()
+        key = message.key if isinstance(message.key, (bytes, bytearray)) or message.key is None else str(message.key).encode()
+        dl = DeadLetter.from_raw(
+            topic=message.topic, partition=message.partition, offset=message.offset, key=key,
+            value=bytes(value), reason=reason, error_kind=kind, received_at_ms=int(time.time() * 1000),
+            event_id=event_id,
+        )
+        metrics.DEAD_LETTERS.labels(message.topic, kind).inc()
+        log.warning("dead_letter", topic=message.topic, partition=message.partition, offset=message.offset,
+                    event_id=event_id, kind=kind, reason=reason[:300])
+        await self.dead_letter_topic.send(key=key, value=encode(dl))
+
+    async def checkpoint(self) -> None:
+        if self.engine is None:
+            return
+        t0 = time.perf_counter()
+        await self.run(self.engine.checkpoint)
+        self.last_checkpoint_at = time.time()
+        metrics.CHECKPOINT_SECONDS.set(time.perf_counter() - t0)
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.checkpoint()
+            await self.run(self.engine.close)
+            self.engine = None
+            metrics.READY.set(0)

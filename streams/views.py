@@ -1,0 +1,194 @@
+"""HTTP views: recommendations, event intake (validated, then forwarded to Kafka), health.
+
+Every bad request gets a 4xx with a message (never a 500): bodies are size-bounded,
+validated with the same event schemas as the agents, and ``k`` is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from streams import metrics
+from streams.runtime import WorkerRuntime
+from towerstream.events import Filters, Interaction, ItemEvent, RecommendResponse, UserProfile, encode
+from towerstream.events.base import ExternalId
+from towerstream.events.recommend import RecommendRequest
+
+_USER_ID: TypeAdapter[str] = TypeAdapter(ExternalId)
+MAX_EVENTS_PER_REQUEST = 10_000
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors(include_url=False)[:5]
+    )
+
+
+def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
+    s = runtime.settings
+    token = s.api_token.get_secret_value() if s.api_token else None
+
+    def check_auth(request: Request, write: bool) -> None:
+        if token is None or not (write or s.protect_reads):
+            return
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or not hmac.compare_digest(header[7:].encode(), token.encode()):
+            raise HttpError(401, "missing or invalid bearer token")
+
+    async def read_body(request: Request) -> Any:
+        length = request.content_length
+        if length is not None and length > s.max_request_bytes:
+            raise HttpError(413, f"body of {length} bytes exceeds {s.max_request_bytes}")
+        raw = await request.content.read(s.max_request_bytes + 1)  # type: ignore[attr-defined]
+        if len(raw) > s.max_request_bytes:
+            raise HttpError(413, f"body exceeds {s.max_request_bytes} bytes")
+        if not raw:
+            raise HttpError(400, "empty body")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HttpError(400, f"body is not JSON: {exc}") from None
+
+    def guarded(path: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        async def handler(self: View, request: Request, **kw: Any) -> Response:
+            try:
+                return await fn(self, request, **kw)
+            except HttpError as exc:
+                metrics.HTTP_REJECTED.labels(path, str(exc.status)).inc()
+                return self.json({"error": exc.message, **exc.extra}, status=exc.status)
+
+        return handler
+
+    def parse_k(raw: str | None) -> int:
+        if raw is None:
+            return s.default_k
+        try:
+            k = int(raw)
+        except ValueError:
+            raise HttpError(400, f"k must be an integer, got {raw[:50]!r}") from None
+        if not 1 <= k <= s.max_k:
+            raise HttpError(400, f"k must be between 1 and {s.max_k}")
+        return k
+
+    async def answer(self: View, req: RecommendRequest) -> Response:
+        if runtime.engine is None:
+            raise HttpError(503, "worker is starting")
+        engine = runtime.engine
+        t0 = time.perf_counter()
+        rec = await runtime.serve(
+            engine.recommend, req.user_id, req.k, exclude_seen=req.exclude_seen, filters=req.filters,
+            contexts=[req.context] if req.context else None,
+        )
+        metrics.RECOMMEND_SECONDS.labels(rec.source).observe(time.perf_counter() - t0)
+        resp = RecommendResponse(
+            request_id=req.request_id, user_id=req.user_id,
+            items=[{"item_id": i, "score": sc} for i, sc in rec.items],  # type: ignore[misc]
+            source=rec.source, fallback_reason=rec.fallback_reason,
+            model_version=engine.model_version, served_at_ms=int(time.time() * 1000),
+        )
+        return self.json(resp.model_dump(mode="json"))
+
+    async def recommend_get(self: View, request: Request, user_id: str) -> Response:
+        check_auth(request, write=False)
+        q = request.query  # type: ignore[attr-defined]
+        k = parse_k(q.get("k"))
+        context = {key[4:]: val for key, val in q.items() if key.startswith("ctx.")}
+        try:
+            req = RecommendRequest(
+                user_id=_USER_ID.validate_python(user_id), k=min(k, 1000),
+                exclude_seen=q.get("exclude_seen", "true").lower() not in ("0", "false", "no"),
+                filters=Filters(
+                    include_categories=q.getall("include_category", []),
+                    exclude_categories=q.getall("exclude_category", []),
+                    exclude_items=q.getall("exclude_item", []),
+                    exclude_creators=q.getall("exclude_creator", []),
+                ),
+                context=context,
+            )
+        except ValidationError as exc:
+            raise HttpError(400, _errors(exc)) from None
+        return await answer(self, req)
+
+    async def recommend_post(self: View, request: Request) -> Response:
+        check_auth(request, write=False)
+        body = await read_body(request)
+        try:
+            req = RecommendRequest.model_validate(body)
+        except ValidationError as exc:
+            raise HttpError(422, _errors(exc)) from None
+        if req.k > s.max_k:
+            raise HttpError(400, f"k must be between 1 and {s.max_k}")
+        return await answer(self, req)
+
+    def intake(topic_name: str, model: Any, key_of: Callable[[Any], str]) -> Callable[..., Any]:
+        adapter: TypeAdapter[Any] = TypeAdapter(model)
+
+        async def post(self: View, request: Request) -> Response:
+            check_auth(request, write=True)
+            body = await read_body(request)
+            docs = body if isinstance(body, list) else [body]
+            if not docs or len(docs) > MAX_EVENTS_PER_REQUEST:
+                raise HttpError(400, f"send 1 to {MAX_EVENTS_PER_REQUEST} events per request")
+            events: list[BaseModel] = []
+            errors = []
+            for n, doc in enumerate(docs):
+                try:
+                    events.append(adapter.validate_python(doc))
+                except ValidationError as exc:
+                    errors.append({"index": n, "error": _errors(exc)})
+            if errors:
+                raise HttpError(422, f"{len(errors)} of {len(docs)} events are invalid; none were sent",
+                                errors=errors[:20])
+            topic = topics[topic_name]
+            try:
+                futs = [await topic.send(key=key_of(e).encode(), value=encode(e),
+                                         timestamp=e.ts.timestamp()) for e in events]  # type: ignore[attr-defined]
+                await asyncio.wait_for(asyncio.gather(*futs), timeout=10)
+            except Exception as exc:  # noqa: BLE001 - broker trouble is a 503, not a 500
+                raise HttpError(503, f"could not deliver to Kafka: {type(exc).__name__}") from None
+            return self.json({"accepted": len(events), "topic": s.topic(topic_name)}, status=202)
+
+        return post
+
+    post_interactions = intake("interactions", Interaction, lambda e: e.user_id)
+    post_items = intake("items", ItemEvent, lambda e: e.item_id)
+    post_users = intake("users", UserProfile, lambda e: e.user_id)
+
+    async def healthz(self: View, request: Request) -> Response:
+        engine = runtime.engine
+        body: dict[str, Any] = {
+            "ready": runtime.ready, "kafka": runtime.kafka_up,
+            "uptime_s": round(time.time() - runtime.started_at, 1),
+        }
+        if engine is not None:
+            body.update(engine.stats())
+        ok = runtime.ready and runtime.kafka_up
+        body["status"] = "ok" if ok else ("starting" if not runtime.ready else "kafka unreachable")
+        return self.json(body, status=200 if ok else 503)
+
+    def view(path: str, **methods: Callable[..., Any]) -> None:
+        attrs = {name: guarded(path, fn) for name, fn in methods.items()}
+        cls = type("View_" + path.strip("/").replace("/", "_").replace("{", "").replace("}", ""), (View,), attrs)
+        app.page(path)(cls)
+
+    view("/recommend/{user_id}", get=recommend_get)
+    view("/recommend", post=recommend_post)
+    view("/interactions", post=post_interactions)
+    view("/items", post=post_items)
+    view("/users", post=post_users)
+    view("/healthz", get=healthz)

@@ -1,0 +1,459 @@
+"""The recommender core: towers + index + durable state, with no Kafka in sight.
+
+The Faust worker and ``towerstream evaluate`` drive the same ``Engine``, so what is
+measured offline is what runs online. Durability order per call: dedup markers,
+journal entry, id-map rows and metadata go into one RocksDB WriteBatch first; only
+then are the towers trained and the Faiss index updated in memory. A restart loads
+the newest checkpoint (towers + index + engine state) and replays the journal written
+after it, so nothing acknowledged is lost and nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import pickle
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import structlog
+
+from index_store import MetaStore, VectorIndex, load_latest_checkpoint, save_checkpoint
+from towers import TowerConfig, TwoTowerTrainer
+from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
+from towerstream.events.base import epoch_ms
+
+log = structlog.get_logger(__name__)
+
+#: External id used for users the engine has never seen (context-only user vector).
+ANONYMOUS_USER = "\x00anonymous"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    index_kind: Literal["auto", "flat", "ivf"] = "auto"
+    expected_items: int = 100_000
+    index_threads: int = 1
+    #: At most this many recent items per user are excluded as "seen".
+    seen_limit: int = 2000
+    #: Half-life, in interactions, of the popularity used for fallbacks.
+    popularity_half_life: float = 20_000.0
+    checkpoints_kept: int = 2
+
+
+@dataclass(frozen=True)
+class SourcePos:
+    """Where an event came from: stamped into the journal and item metadata."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Recommendations:
+    items: list[tuple[str, float]]
+    source: Literal["model", "popularity"]
+    fallback_reason: str | None = None
+
+
+@dataclass
+class ItemsResult:
+    upserted: int = 0
+    deleted: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    unknown_deletes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LearnResult:
+    trained: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    unknown_items: list[str] = field(default_factory=list)
+    loss: float = 0.0
+    seconds: float = 0.0
+    #: Freshness: event time -> index upsert, per touched item (ms).
+    upsert_lag_ms: list[float] = field(default_factory=list)
+
+
+def _seq_key(seq: int) -> str:
+    return f"j:{seq:016d}"
+
+
+class Engine:
+    """One worker's model, index and durable state under ``data_dir``."""
+
+    def __init__(self, data_dir: Path, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = MetaStore(self.data_dir / "meta")
+        self.items = self.store.id_map("item")
+        self.users = self.store.id_map("user")
+        self.trainer = TwoTowerTrainer(self.config.tower)
+        kind = self.config.index_kind
+        if kind == "auto":
+            kind = VectorIndex.choose_kind(self.config.expected_items)
+        self.index = VectorIndex(self.config.tower.dim, kind, threads=self.config.index_threads)
+        self.model_version = 0
+        self.seq = 0  # last journal sequence applied
+        self.popularity = np.zeros(1024, dtype=np.float64)
+        self.seen: dict[int, array.array[int]] = {}
+        self.item_ts: dict[int, int] = {}  # row -> event time (ms) of the content in the index
+        self.live = np.zeros(1024, dtype=bool)
+        self.ready = False
+        self.lock = threading.RLock()
+        self._anon_row = int(self.users.get_or_create([ANONYMOUS_USER])[0])
+
+    # ----- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def open(cls, data_dir: Path, config: EngineConfig | None = None) -> Engine:
+        """Load the newest checkpoint, replay the journal after it, and mark ready."""
+        eng = cls(data_dir, config)
+        eng._restore()
+        eng.ready = True
+        return eng
+
+    def _restore(self) -> None:
+        loaded = load_latest_checkpoint(self.data_dir / "checkpoints")
+        if loaded is not None:
+            info, index, blobs = loaded
+            self.trainer.load_state_bytes(blobs["towers"])
+            self.index = index
+            state = pickle.loads(blobs["engine"])
+            self.model_version = state["model_version"]
+            self.popularity = state["popularity"]
+            self.seen = {u: array.array("q", v) for u, v in state["seen"].items()}
+            self.item_ts = state["item_ts"]
+            self.live = state["live"]
+            self.seq = info.seq
+            log.info("checkpoint_loaded", seq=info.seq, items=len(self.index), model_version=self.model_version)
+        replayed = 0
+        for key, raw in self.store.scan("j:"):
+            seq = int(key[2:])
+            if seq <= self.seq:
+                continue
+            entry = json.loads(raw)
+            if entry["t"] == "items":
+                self._apply_items_now(
+                    [ItemDelete.model_validate(e) if e.get("op") == "delete" else ItemUpsert.model_validate(e)
+                     for e in entry["e"]]
+                )
+            elif entry["t"] == "users":
+                self._apply_users_now([UserProfile.model_validate(e) for e in entry["e"]])
+            else:
+                self._learn_now([Interaction.model_validate(e) for e in entry["e"]])
+            self.seq = seq
+            replayed += 1
+        if replayed:
+            log.info("journal_replayed", entries=replayed, seq=self.seq)
+
+    def checkpoint(self) -> Path:
+        """Persist towers + index + engine state at the current journal position, then trim the journal."""
+        with self.lock:
+            seq = self.seq
+            blobs = {
+                "towers": self.trainer.state_bytes(),
+                "engine": pickle.dumps({
+                    "model_version": self.model_version,
+                    "popularity": self.popularity,
+                    "seen": {u: v.tolist() for u, v in self.seen.items()},
+                    "item_ts": self.item_ts,
+                    "live": self.live,
+                }),
+            }
+            info = save_checkpoint(
+                self.data_dir / "checkpoints", seq, index=self.index, blobs=blobs,
+                meta={"model_version": self.model_version, "items": len(self.index)},
+                keep=self.config.checkpoints_kept,
+            )
+        self.store.delete_range("j:", upto_key=_seq_key(seq + 1))
+        log.info("checkpoint_saved", seq=seq, path=str(info.path), items=len(self.index))
+        return info.path
+
+    def close(self) -> None:
+        self.store.flush()
+        self.store.close()
+
+    # ----- helpers ---------------------------------------------------------------------
+    def _ensure_rows(self, max_row: int) -> None:
+        if max_row >= len(self.live):
+            cap = max(max_row + 1, len(self.live) * 2)
+            self.live = np.concatenate([self.live, np.zeros(cap - len(self.live), dtype=bool)])
+            self.popularity = np.concatenate([self.popularity, np.zeros(cap - len(self.popularity))])
+
+    def _journal(self, batch: Any, kind: str, events: Sequence[Any], sources: Sequence[SourcePos | None] | None) -> None:
+        self.seq += 1
+        entry: dict[str, Any] = {"t": kind, "e": [e.model_dump(mode="json") for e in events]}
+        if sources:
+            entry["s"] = [[s.topic, s.partition, s.offset] if s else None for s in sources]
+        self.store.put_bytes(_seq_key(self.seq), json.dumps(entry).encode(), batch=batch)
+
+    @staticmethod
+    def _item_event_key(ev: ItemUpsert | ItemDelete) -> str:
+        return "iev:" + (ev.event_id or f"{ev.item_id}@{epoch_ms(ev.ts)}@{ev.op}")
+
+    # ----- items -----------------------------------------------------------------------
+    def apply_items(
+        self, events: Sequence[ItemUpsert | ItemDelete], sources: Sequence[SourcePos | None] | None = None
+    ) -> ItemsResult:
+        """Upsert/delete items: durable first, then embedded from content and upserted at once."""
+        res = ItemsResult()
+        fresh: list[ItemUpsert | ItemDelete] = []
+        fresh_src: list[SourcePos | None] = []
+        newest: dict[str, int] = {}
+        batch = self.store.batch()
+        for n, ev in enumerate(events):
+            key = self._item_event_key(ev)
+            if self.store.get_bytes(key) is not None or key in newest:
+                res.duplicates.append(ev.item_id)
+                continue
+            ts = epoch_ms(ev.ts)
+            row = self.items.get(ev.item_id)
+            known_ts = newest.get(ev.item_id, self.item_ts.get(row, -1) if row is not None else -1)
+            if ts < known_ts:
+                res.stale.append(ev.item_id)  # last writer by event time wins
+                continue
+            if isinstance(ev, ItemDelete) and (row is None or not self._is_live(row)) and ev.item_id not in newest:
+                res.unknown_deletes.append(ev.item_id)
+                continue
+            newest[ev.item_id] = ts
+            self.store.put_bytes(key, b"", batch=batch)
+            fresh.append(ev)
+            fresh_src.append(sources[n] if sources else None)
+        if fresh:
+            self.items.get_or_create([e.item_id for e in fresh], batch=batch)
+            for ev, src in zip(fresh, fresh_src):
+                record = {"deleted": isinstance(ev, ItemDelete), "ts": epoch_ms(ev.ts),
+                          "event": ev.model_dump(mode="json"), "model_version": self.model_version,
+                          "source": [src.topic, src.partition, src.offset] if src else None}
+                self.store.put_json("item:" + ev.item_id, record, batch=batch)
+            self._journal(batch, "items", fresh, fresh_src)
+            self.store.write(batch)
+            with self.lock:
+                up, dl = self._apply_items_now(fresh)
+            res.upserted, res.deleted = up, dl
+        return res
+
+    def _is_live(self, row: int) -> bool:
+        return row < len(self.live) and bool(self.live[row])
+
+    def _apply_items_now(self, events: Sequence[ItemUpsert | ItemDelete]) -> tuple[int, int]:
+        # Collapse to the last event per item: only the final state reaches the index.
+        last: dict[str, ItemUpsert | ItemDelete] = {}
+        for ev in events:
+            last[ev.item_id] = ev
+        ups = [e for e in last.values() if isinstance(e, ItemUpsert)]
+        dels = [e for e in last.values() if isinstance(e, ItemDelete)]
+        if ups:
+            rows = self.items.get_or_create([e.item_id for e in ups])
+            self._ensure_rows(int(rows.max()))
+            self.trainer.set_items(rows, ups)
+            self.index.upsert(rows, self.trainer.embed_items(rows))
+            self.live[rows] = True
+            for r, e in zip(rows.tolist(), ups):
+                self.item_ts[r] = epoch_ms(e.ts)
+        if dels:
+            rows = self.items.get_or_create([e.item_id for e in dels])
+            self._ensure_rows(int(rows.max()))
+            self.trainer.remove_items(rows)
+            self.index.delete(rows)
+            self.live[rows] = False
+            for r, e in zip(rows.tolist(), dels):
+                self.item_ts[r] = epoch_ms(e.ts)
+        return len(ups), len(dels)
+
+    def item_record(self, item_id: str) -> dict[str, Any] | None:
+        rec = self.store.get_json("item:" + item_id)
+        return rec if isinstance(rec, dict) else None
+
+    # ----- users -----------------------------------------------------------------------
+    def apply_users(self, events: Sequence[UserProfile], sources: Sequence[SourcePos | None] | None = None) -> None:
+        if not events:
+            return
+        batch = self.store.batch()
+        self.users.get_or_create([e.user_id for e in events], batch=batch)
+        for ev in events:
+            self.store.put_json("user:" + ev.user_id, ev.features, batch=batch)
+        self._journal(batch, "users", events, sources)
+        self.store.write(batch)
+        with self.lock:
+            self._apply_users_now(events)
+
+    def _apply_users_now(self, events: Sequence[UserProfile]) -> None:
+        rows = self.users.get_or_create([e.user_id for e in events])
+        self.trainer.set_user_features(rows, [e.features for e in events])
+
+    # ----- interactions ------------------------------------------------------------------
+    def learn(
+        self, events: Sequence[Interaction], sources: Sequence[SourcePos | None] | None = None
+    ) -> LearnResult:
+        """Train on one micro-batch: dedup by event id, journal, train, re-embed touched items."""
+        t0 = time.perf_counter()
+        res = LearnResult()
+        fresh: list[Interaction] = []
+        fresh_src: list[SourcePos | None] = []
+        in_batch: set[str] = set()
+        batch = self.store.batch()
+        for n, ev in enumerate(events):
+            key = "ev:" + ev.event_id
+            if ev.event_id in in_batch or self.store.get_bytes(key) is not None:
+                res.duplicates.append(ev.event_id)
+                continue
+            in_batch.add(ev.event_id)
+            self.store.put_bytes(key, b"", batch=batch)
+            fresh.append(ev)
+            fresh_src.append(sources[n] if sources else None)
+        if fresh:
+            self.users.get_or_create([e.user_id for e in fresh], batch=batch)
+            self.items.get_or_create([e.item_id for e in fresh], batch=batch)
+            self.store.incr("trained", len(fresh), batch=batch)
+            self._journal(batch, "interactions", fresh, fresh_src)
+            self.store.write(batch)
+            with self.lock:
+                res.loss, res.unknown_items, res.upsert_lag_ms = self._learn_now(fresh)
+            res.trained = len(fresh)
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _learn_now(self, events: Sequence[Interaction]) -> tuple[float, list[str], list[float]]:
+        u = self.users.get_or_create([e.user_id for e in events])
+        i = self.items.get_or_create([e.item_id for e in events])
+        self._ensure_rows(int(i.max()))
+        unknown = [e.item_id for e, r in zip(events, i.tolist()) if not self.live[r]]
+        kw = self.config.tower.kind_weights
+        w = np.array([kw.get(e.kind, 1.0) * e.weight for e in events], dtype=np.float32)
+        contexts = [e.context for e in events] if any(e.context for e in events) else None
+        loss = self.trainer.learn_batch(u, i, w, contexts)
+        self.model_version += 1
+        # Popularity with exponential decay, for fallbacks and the popularity-bias metric.
+        self.popularity *= 0.5 ** (len(events) / self.config.popularity_half_life)
+        np.add.at(self.popularity, i, 1.0)
+        limit = self.config.seen_limit
+        for ur, ir in zip(u.tolist(), i.tolist()):
+            seen = self.seen.get(ur)
+            if seen is None:
+                seen = self.seen[ur] = array.array("q")
+            seen.append(ir)
+            if len(seen) > limit:
+                del seen[: len(seen) - limit]
+        touched = np.unique(i[self.live[i]])
+        lags: list[float] = []
+        if len(touched):
+            self.index.upsert(touched, self.trainer.embed_items(touched))
+            now_ms = time.time() * 1000
+            newest = {}
+            for e, r in zip(events, i.tolist()):
+                newest[r] = epoch_ms(e.ts)
+            lags = [now_ms - newest[r] for r in touched.tolist()]
+        return 0.0 if loss != loss else loss, unknown, lags
+
+    # ----- serving ---------------------------------------------------------------------
+    def seen_rows(self, user_row: int) -> set[int]:
+        return set(self.seen.get(user_row, ()))
+
+    def reembed_all(self, chunk: int = 16_384) -> int:
+        """Re-embed every live item with the current item tower, in chunks (keeps the index consistent)."""
+        rows = np.flatnonzero(self.live)
+        for s in range(0, len(rows), chunk):
+            part = rows[s : s + chunk]
+            with self.lock:
+                vecs = self.trainer.embed_items(part)
+            self.index.upsert(part, vecs)
+        return len(rows)
+
+    def popular(self, k: int, exclude: set[int] | None = None) -> list[tuple[int, float]]:
+        scores = np.where(self.live, self.popularity[: len(self.live)], -np.inf)
+        want = k + (len(exclude) if exclude else 0)
+        top = np.argsort(-scores, kind="stable")[: max(want, 0)]
+        out = [(int(r), float(scores[r])) for r in top if np.isfinite(scores[r]) and not (exclude and int(r) in exclude)]
+        return out[:k]
+
+    def _passes(self, row: int, filters: Filters | None, excluded_ids: set[str]) -> bool:
+        if filters is None or not (filters.include_categories or filters.exclude_categories or filters.exclude_creators):
+            return True
+        rec = self.item_record(self.items.external([row])[0])
+        if rec is None or rec.get("deleted"):
+            return False
+        ev = rec["event"]
+        cats = set(ev.get("categories", []))
+        if filters.include_categories and not cats & set(filters.include_categories):
+            return False
+        if filters.exclude_categories and cats & set(filters.exclude_categories):
+            return False
+        return not (filters.exclude_creators and ev.get("creator") in set(filters.exclude_creators))
+
+    def recommend_many(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        filters: Filters | None = None,
+        contexts: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[Recommendations]:
+        """Top-k per user: user tower -> index search -> seen/business filters; popularity if no model answer."""
+        excluded_ids = set(filters.exclude_items) if filters else set()
+        excl_rows = {r for r in (self.items.get(x) for x in excluded_ids) if r is not None}
+        rows: list[int | None] = []
+        for n, uid in enumerate(user_ids):
+            r = self.users.get(uid)
+            has_ctx = bool(contexts and contexts[n])
+            rows.append(r if r is not None else (self._anon_row if has_ctx else None))
+        out: list[Recommendations] = [Recommendations([], "popularity") for _ in user_ids]
+        exclude = [(self.seen_rows(r) if (exclude_seen and r is not None) else set()) | excl_rows for r in rows]
+        model_idx = [n for n, r in enumerate(rows) if r is not None]
+        reason: str | None = None
+        if not self.ready:
+            reason = "index not ready"
+        elif len(self.index) == 0:
+            reason = "index empty"
+        if model_idx and reason is None:
+            urows = np.array([rows[n] for n in model_idx], dtype=np.int64)
+            ctx = [dict(contexts[n]) if contexts else {} for n in model_idx] if contexts else None
+            with self.lock:
+                uvec = self.trainer.embed_users(urows, ctx)
+            has_filters = filters is not None and (
+                filters.include_categories or filters.exclude_categories or filters.exclude_creators)
+            fetch = k * (4 if has_filters else 1)
+            pending = list(range(len(model_idx)))
+            while pending:
+                D, I = self.index.search(uvec[pending], fetch, exclude=[exclude[model_idx[j]] for j in pending])
+                short = []
+                for row_i, j in enumerate(pending):
+                    picked = [(int(r), float(sc)) for r, sc in zip(I[row_i], D[row_i])
+                              if r >= 0 and self._passes(int(r), filters, excluded_ids)][:k]
+                    out[model_idx[j]] = Recommendations(
+                        list(zip(self.items.external([p for p, _ in picked]), [sc for _, sc in picked])), "model")
+                    if len(picked) < k and I.shape[1] == fetch and I[row_i, -1] >= 0:
+                        short.append(j)  # filters removed too much: widen the search
+                if fetch >= len(self.index):
+                    break
+                pending, fetch = short, min(fetch * 8, len(self.index))
+        for n, r in enumerate(rows):
+            if out[n].source == "model":
+                continue
+            why = reason or ("unknown user" if self.users.get(user_ids[n]) is None else "no model answer")
+            cand = [(row, s) for row, s in self.popular(k * 4 if filters else k, exclude[n]) if self._passes(row, filters, excluded_ids)][:k]
+            out[n] = Recommendations(list(zip(self.items.external([c for c, _ in cand]), [s for _, s in cand])), "popularity", why)
+        return out
+
+    def recommend(self, user_id: str, k: int = 10, **kw: Any) -> Recommendations:
+        return self.recommend_many([user_id], k, **kw)[0]
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "items_indexed": float(len(self.index)),
+            "items_known": float(len(self.items)),
+            "users_known": float(len(self.users)),
+            "model_version": float(self.model_version),
+            "journal_seq": float(self.seq),
+            "trained_total": float(self.store.counter("trained")),
+        }

@@ -1,0 +1,124 @@
+"""Start, probe and stop a worker process: used by ``towerstream demo``/``worker`` and the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+from towerstream.errors import TowerstreamError
+from towerstream.settings import Settings
+
+
+class WorkerError(TowerstreamError):
+    """The worker process did not become ready, or died."""
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Settings -> TOWERSTREAM_* variables for a child process (only fields that differ from defaults)."""
+    env: dict[str, str] = {}
+    defaults = Settings.model_construct()
+    for name, value in settings:
+        if value is None or value == getattr(defaults, name, object()):
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"TOWERSTREAM_{name.upper()}"] = str(value)
+    env["TOWERSTREAM_KAFKA_BOOTSTRAP"] = settings.bootstrap
+    return env
+
+
+def http_json(url: str, timeout: float = 2.0, data: bytes | None = None, headers: dict[str, str] | None = None,
+              method: str | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode(errors="replace")
+
+
+class WorkerProcess:
+    """``faust -A streams.app worker`` as a child process with the given settings."""
+
+    def __init__(self, settings: Settings, log_path: Path | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        faust_bin = Path(sys.executable).parent / "faust"
+        cmd = [str(faust_bin)] if faust_bin.exists() else [sys.executable, "-m", "faust"]
+        cmd += ["-A", "streams.app", "worker", "-l", "warn", "--web-port",
+                str(self.settings.web_port)]
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def health(self) -> tuple[int, Any]:
+        try:
+            return http_json(self.base_url + "/healthz", timeout=1.0)
+        except (OSError, ValueError):
+            return 0, None
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise WorkerError(f"worker exited with {self.proc.returncode}; see {self.log_path}")
+            status, body = self.health()
+            if status == 200:
+                return dict(body)
+            time.sleep(0.2)
+        raise WorkerError(f"worker not ready after {timeout}s; last health: {self.health()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (graceful: final checkpoint), then SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all (fault tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
