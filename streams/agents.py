@@ -42,6 +42,17 @@ async def _validate(
     return valid, sources
 
 
+def _learn_observed(runtime: WorkerRuntime, engine: Any, valid: list[Any], sources: list[SourcePos]) -> Any:
+    """Runs on the training thread: the monitor scores a sample before it is learned (test-then-train)."""
+    monitor = runtime.monitor
+    if monitor is not None:
+        monitor.before_learn(engine, valid)
+    res = engine.learn(valid, sources)
+    if monitor is not None:
+        monitor.after_learn(engine, valid, res)
+    return res
+
+
 def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
     s = runtime.settings
 
@@ -52,7 +63,7 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
             valid, sources = await _validate(runtime, list(events), decode_interaction)
             if not valid:
                 continue
-            res = await runtime.run(engine.learn, valid, sources)
+            res = await runtime.run(_learn_observed, runtime, engine, valid, sources)
             topic = s.topic("interactions")
             metrics.EVENTS.labels(topic).inc(res.trained)
             metrics.BATCH_SECONDS.labels(topic).observe(res.seconds)
@@ -117,6 +128,8 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
                 source=rec.source, fallback_reason=rec.fallback_reason,
                 model_version=engine.model_version, served_at_ms=int(time.time() * 1000),
             )
+            if runtime.monitor is not None:
+                runtime.monitor.observe_served(rec)
             target = app.topic(req.reply_to) if req.reply_to else topics["recommend-responses"]
             key = (req.request_id or req.user_id).encode()
             await target.send(key=key, value=encode(resp))

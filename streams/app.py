@@ -96,6 +96,13 @@ def create_app(settings: Settings) -> faust.App:
 
     register_agents(app, runtime, topics)
     register_views(app, runtime, topics)
+    try:
+        from streams.drift_task import register_drift
+    except ModuleNotFoundError as exc:  # drift monitoring is optional until its module exists
+        if exc.name != "streams.drift_task":
+            raise
+    else:
+        register_drift(app, runtime, topics)
     setup_prometheus_sensors(app, pattern="/metrics", name_prefix="towerstream_faust")
 
     @app.task

@@ -42,6 +42,10 @@ class WorkerRuntime:
         self.dead_letter_topic: Any = None  # set by the app: a faust Topic
         self.last_checkpoint_at = 0.0
         self.last_reembed_at = time.time()
+        #: Optional observer (drift monitoring): ``before_learn(engine, events)`` on the training
+        #: thread before each batch is learned, ``after_learn(engine, events, result)`` after it,
+        #: and ``observe_served(recommendations)`` for every answer served.
+        self.monitor: Any = None
 
     @property
     def ready_event(self) -> asyncio.Event:

@@ -95,6 +95,8 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
             contexts=[req.context] if req.context else None,
         )
         metrics.RECOMMEND_SECONDS.labels(rec.source).observe(time.perf_counter() - t0)
+        if runtime.monitor is not None:
+            runtime.monitor.observe_served(rec)
         resp = RecommendResponse(
             request_id=req.request_id, user_id=req.user_id,
             items=[{"item_id": i, "score": sc} for i, sc in rec.items],  # type: ignore[misc]
