@@ -433,7 +433,8 @@ class VectorIndex:
             raise DimensionMismatch(self.dim, a.shape[1])
         if a.size and a.dtype.kind != "f":
             raise IndexStoreError(f"{name} must be floating point, got {a.dtype}")
-        out = np.ascontiguousarray(a, dtype=np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf: caught next
+            out = np.ascontiguousarray(a, dtype=np.float32)
         if not np.isfinite(out).all():
             rows = np.flatnonzero(~np.isfinite(out).all(axis=1))
             raise IndexStoreError(f"{name} has NaN/inf (or overflows float32) in rows {rows[:10].tolist()}")
