@@ -129,14 +129,10 @@ class MetaStore:
         if not keys:
             return 0
         end = _prefix_end(p)
-        if upto is not None and (end is None or upto < end):
+        if upto is not None and upto < end:
             end = upto
         wb = batch if batch is not None else rocksdict.WriteBatch(raw_mode=True)
-        if end is not None:
-            wb.delete_range(p, end)  # one range tombstone instead of one per key
-        else:
-            for k in keys:
-                wb.delete(k)
+        wb.delete_range(p, end)  # one range tombstone instead of one per key
         if batch is None:
             self.db.write(wb)
         return len(keys)
@@ -215,12 +211,9 @@ def _user_key(key: str) -> bytes:
     return key.encode()
 
 
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """Smallest key greater than every key starting with `prefix` (None if there is none)."""
-    b = bytearray(prefix)
-    while b and b[-1] == 0xFF:
-        b.pop()
-    if not b:
-        return None
-    b[-1] += 1
-    return bytes(b)
+def _prefix_end(prefix: bytes) -> bytes:
+    """Smallest key greater than every key starting with a non-empty UTF-8 `prefix`.
+
+    UTF-8 never contains the byte 0xFF, so bumping the last byte always works.
+    """
+    return prefix[:-1] + bytes([prefix[-1] + 1])
