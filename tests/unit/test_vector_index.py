@@ -26,7 +26,8 @@ Factory = Callable[[], VectorIndex]
 
 def _unit(rng: np.random.Generator, n: int, d: int = DIM) -> npt.NDArray[np.float32]:
     x = rng.standard_normal((n, d)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    out: npt.NDArray[np.float32] = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def _flat() -> VectorIndex:
