@@ -209,7 +209,9 @@ class EventProducer:
             self._sent += 1
 
     def _on_error(self, topic: str, event_id: str | None, exc: BaseException) -> None:
-        reason = f"{type(exc).__name__}: {exc}"
+        text = str(exc)
+        name = type(exc).__name__
+        reason = text if text.startswith(name) else f"{name}: {text}"
         with self._lock:
             self._failed += 1
             n = self._failed

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import IO, Any
 
+import structlog
 from tqdm import tqdm
 
 from producers.errors import DeliveryError
@@ -78,6 +79,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rp.set_defaults(func=_cmd_replay)
 
 
+class _Stderr:
+    """Writes to whatever ``sys.stderr`` is at the time (redirected, or captured in tests)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _settings() -> Settings:
+    """Settings from the environment, and logs kept off stdout.
+
+    stdout is for results (the summary line, or the recording with ``record -o -``).
+    When no entry point has configured structlog yet, its default would print to
+    stdout, so point it at stderr; a configuration made by the caller is left alone.
+    """
+    if not structlog.is_configured():
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_Stderr()))  # type: ignore[arg-type]
+    return Settings()
+
+
 def _producer_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--delivery-timeout",
@@ -134,7 +157,7 @@ def _open_in(path: str) -> IO[str]:
 
 
 def _cmd_produce_lines(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = _settings()
     try:
         fh = _open_in(args.file)
     except OSError as exc:
@@ -162,7 +185,7 @@ def _shifted(rec: RecordedRecord, offset_ms: int) -> RecordedRecord:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     """Items and profiles first, then interactions paced at ``--rate`` until ``--duration``."""
-    settings = Settings()
+    settings = _settings()
     if args.rate < 0 or args.duration <= 0:
         return _fail(ValueError("--rate must be >= 0 and --duration > 0"))
     n = args.interactions
@@ -214,7 +237,7 @@ def _generate_into(
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = _settings()
     topics = [t.strip() for t in args.topics.split(",") if t.strip()]
     unknown = [t for t in topics if t not in TOPIC_NAMES]
     if unknown:
@@ -241,7 +264,7 @@ def _checked(path: str) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    settings = Settings()
+    settings = _settings()
     try:
         records: Any
         if args.file == "-":
