@@ -54,7 +54,7 @@ def run(items: int, dim: int, queries: int, k: int, seen: int, threads: int, npr
     results: dict[str, Any] = {}
     reference: dict[str, npt.NDArray[np.int64]] = {}
     for kind in ("flat", "ivf"):
-        index = VectorIndex(dim, kind, nprobe=nprobe, threads=threads)  # type: ignore[arg-type]
+        index = VectorIndex(dim, kind, nprobe=nprobe, threads=threads)
         t_add = sum(_timed(index.upsert, ids[i : i + 10_000], xb[i : i + 10_000])[0] for i in range(0, items, 10_000))
         t_rep, _ = _timed(index.upsert, replace, xb[replace])
         lat = [_timed(index.search, xq[i : i + 1], k)[0] for i in range(queries)]
