@@ -284,7 +284,11 @@ _DECODERS = {
 
 
 def produce_lines(
-    lines: Iterable[str | bytes], kind: LineKind, producer: EventProducer, *, flush_timeout: float | None = 30.0
+    lines: Iterable[str | bytes],
+    kind: LineKind,
+    producer: EventProducer,
+    *,
+    flush_timeout: float | None = 30.0,
 ) -> DeliverySummary:
     """Validate each JSON line against the event schema, send the valid ones.
 

@@ -29,8 +29,13 @@ log = structlog.get_logger(__name__)
 POLL_MS = 200
 
 
-def to_recorded(logical: str, key: bytes | None, value: bytes | None, timestamp: int | None,
-                headers: list[tuple[str, bytes]] | None) -> RecordedRecord:
+def to_recorded(
+    logical: str,
+    key: bytes | None,
+    value: bytes | None,
+    timestamp: int | None,
+    headers: list[tuple[str, bytes]] | None,
+) -> RecordedRecord:
     """A consumed record as a RecordedRecord.
 
     The value is parsed only when it is a JSON object: other JSON (strings,

@@ -53,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
-        "--keep-times", action="store_true", help="keep the generated 2024 event times (default: shift to now)"
+        "--keep-times",
+        action="store_true",
+        help="keep the generated 2024 event times (default: shift them to now)",
     )
     g.add_argument("--no-progress", action="store_true")
     _producer_flags(g)
@@ -97,7 +99,8 @@ def _settings() -> Settings:
     stdout, so point it at stderr; a configuration made by the caller is left alone.
     """
     if not structlog.is_configured():
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_Stderr()))  # type: ignore[arg-type]
+        factory = structlog.PrintLoggerFactory(file=_Stderr())  # type: ignore[arg-type]
+        structlog.configure(logger_factory=factory)
     return Settings()
 
 

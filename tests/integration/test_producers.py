@@ -7,6 +7,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -213,7 +214,9 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float]:
     return out, time.monotonic() - t
 
 
-def test_closed_port_fails_fast(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_closed_port_fails_fast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     dead = Settings(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     err, elapsed = _timed(lambda: EventProducer(dead, **FAST))
     assert isinstance(err, BrokerUnavailable) and dead.bootstrap in str(err)

@@ -59,10 +59,17 @@ def event_ids(records: list[RecordedRecord]) -> list[str]:
     return sorted(str(r.value.get("event_id") or r.value.get("user_id")) for r in records)
 
 
-def test_record_then_replay_reproduces_the_stream(broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> None:
+def test_record_then_replay_reproduces_the_stream(
+    broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path
+) -> None:
     generated = list(generate(StreamSpec(users=12, items=20, interactions=300, seed=7)))
     # One record with headers and one that is not JSON: both must survive the trip.
-    generated.append(RecordedRecord(topic="interactions", key="u1", value="not json", timestamp=generated[-1].timestamp, headers={"trace": "abc"}))
+    last_ts = generated[-1].timestamp
+    generated.append(
+        RecordedRecord(
+            topic="interactions", key="u1", value="not json", timestamp=last_ts, headers={"trace": "abc"}
+        )
+    )
     n = len(generated)
     a, b = settings_for(broker, topic_prefix + "a"), settings_for(broker, topic_prefix + "b")
 
@@ -121,7 +128,8 @@ def test_replay_window_and_cli(broker: EmbeddedBroker, topic_prefix: str, tmp_pa
                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     t0 = 1_704_067_200_000
     recs = [
-        RecordedRecord(topic="interactions", key="u", value={"n": i}, timestamp=t0 + 1000 * i) for i in range(10)
+        RecordedRecord(topic="interactions", key="u", value={"n": i}, timestamp=t0 + 1000 * i)
+        for i in range(10)
     ]
     src = tmp_path / "in.jsonl"
     write_recording(recs, src)
@@ -132,7 +140,8 @@ def test_replay_window_and_cli(broker: EmbeddedBroker, topic_prefix: str, tmp_pa
     assert cli(argv) == 0
     assert "sent=5 failed=0 rate=" in capsys.readouterr().out
     out = tmp_path / "out.jsonl"
-    assert cli(["record", "--topics", "interactions", "-o", str(out), "--max-events", "5", "--duration", "10"]) == 0
+    argv = ["record", "--topics", "interactions", "-o", str(out), "--max-events", "5", "--duration", "10"]
+    assert cli(argv) == 0
     assert [r.value["n"] for r in iter_recording(out)] == [2, 3, 4, 5, 6]
     assert "recorded=5" in capsys.readouterr().out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -25,7 +26,7 @@ def _records() -> list[RecordedRecord]:
     ]
 
 
-def test_round_trip_through_file(tmp_path) -> None:
+def test_round_trip_through_file(tmp_path: Path) -> None:
     recs = _records()
     path = tmp_path / "sub" / "rec.jsonl"
     assert write_recording(recs, path) == 3
@@ -55,7 +56,8 @@ def test_bad_line_reports_its_number() -> None:
 
 
 def test_to_recorded_parses_only_json_objects() -> None:
-    rec = to_recorded("items", b"i1", b'{"a":1}', 42, [("h", b"v"), ("empty", None)])  # type: ignore[list-item]
+    headers = [("h", b"v"), ("empty", None)]
+    rec = to_recorded("items", b"i1", b'{"a":1}', 42, headers)  # type: ignore[arg-type]
     assert (rec.topic, rec.key, rec.value, rec.timestamp, rec.headers) == (
         "items", "i1", {"a": 1}, 42, {"h": "v", "empty": ""}
     )
