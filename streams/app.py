@@ -56,6 +56,7 @@ def _patch_fetch_wait(ms: int) -> None:
 def create_app(settings: Settings) -> faust.App:
     configure_logging(settings.log_level, settings.log_json)
     _patch_fetch_wait(settings.consumer_max_fetch_wait_ms)
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=",".join(f"kafka://{h}" for h in settings.bootstrap.split(",")),

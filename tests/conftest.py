@@ -21,3 +21,38 @@ def broker() -> Iterator[EmbeddedBroker]:
 def topic_prefix() -> str:
     """A unique topic prefix (and Faust app id) per test, so tests never share state."""
     return f"ts{uuid.uuid4().hex[:10]}"
+
+
+# ----- worker processes -------------------------------------------------------------------
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from towerstream.broker import free_port  # noqa: E402
+from towerstream.processes import WorkerProcess  # noqa: E402
+from towerstream.settings import Settings  # noqa: E402
+
+
+def worker_settings(broker: EmbeddedBroker, data_dir: Path, prefix: str, **overrides: object) -> Settings:
+    """Settings for a test worker: its own topics, group, data dir and port; fast group joins."""
+    base: dict[str, object] = dict(
+        kafka_bootstrap=broker.bootstrap, data_dir=data_dir, web_port=free_port(), topic_prefix=prefix,
+        app_id=prefix, broker_session_timeout=6, broker_heartbeat_interval=2, consumer_max_fetch_wait_ms=20,
+        topic_partitions=2, checkpoint_every_s=5, log_json=True,
+    )
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    """Start real worker processes (``faust -A streams.app worker``); all are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        w = WorkerProcess(settings, log_path=tmp_path / f"worker-{len(started)}.log").start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop(timeout=20)
