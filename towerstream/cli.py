@@ -31,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    from towerstream.logs import configure_logging
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(os.environ.get("TOWERSTREAM_LOG_LEVEL", "info"), json=False, cache=False)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -110,6 +110,8 @@ class Engine:
         self.live = np.zeros(1024, dtype=bool)
         self.ready = False
         self.lock = threading.RLock()
+        #: Event ids added to history by ``observe`` and not yet learned.
+        self._observed: set[str] = set()
         self._anon_row = int(self.users.get_or_create([ANONYMOUS_USER])[0])
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -122,7 +124,7 @@ class Engine:
         return eng
 
     def _restore(self) -> None:
-        loaded = load_latest_checkpoint(self.data_dir / "checkpoints")
+        loaded = load_latest_checkpoint(self.data_dir / "checkpoints", threads=self.config.index_threads)
         if loaded is not None:
             info, index, blobs = loaded
             self.trainer.load_state_bytes(blobs["towers"])
@@ -323,6 +325,32 @@ class Engine:
         res.seconds = time.perf_counter() - t0
         return res
 
+    def observe(self, events: Sequence[Interaction]) -> None:
+        """Add interactions to users' histories and seen items now; ``learn`` trains on them later.
+
+        Live, a user's events are seconds apart and each is history before the next one arrives;
+        ``towerstream evaluate`` replays faster than that, so it observes each event before the
+        user's next one is scored. Not journaled: ``learn`` journals the events as usual.
+        """
+        if not events:
+            return
+        u = self.users.get_or_create([e.user_id for e in events])
+        i = self.items.get_or_create([e.item_id for e in events])
+        with self.lock:
+            self.trainer.observe(u, i)
+            self._append_seen(u, i)
+            self._observed.update(e.event_id for e in events)
+
+    def _append_seen(self, u: np.ndarray, i: np.ndarray) -> None:
+        limit = self.config.seen_limit
+        for ur, ir in zip(u.tolist(), i.tolist()):
+            seen = self.seen.get(ur)
+            if seen is None:
+                seen = self.seen[ur] = array.array("q")
+            seen.append(ir)
+            if len(seen) > limit:
+                del seen[: len(seen) - limit]
+
     def _learn_now(self, events: Sequence[Interaction]) -> tuple[float, list[str], list[float]]:
         u = self.users.get_or_create([e.user_id for e in events])
         i = self.items.get_or_create([e.item_id for e in events])
@@ -336,14 +364,9 @@ class Engine:
         # Popularity with exponential decay, for fallbacks and the popularity-bias metric.
         self.popularity *= 0.5 ** (len(events) / self.config.popularity_half_life)
         np.add.at(self.popularity, i, 1.0)
-        limit = self.config.seen_limit
-        for ur, ir in zip(u.tolist(), i.tolist()):
-            seen = self.seen.get(ur)
-            if seen is None:
-                seen = self.seen[ur] = array.array("q")
-            seen.append(ir)
-            if len(seen) > limit:
-                del seen[: len(seen) - limit]
+        fresh = np.array([e.event_id not in self._observed for e in events], dtype=bool)
+        self._observed.difference_update(e.event_id for e in events)
+        self._append_seen(u[fresh], i[fresh])
         touched = np.unique(i[self.live[i]])
         lags: list[float] = []
         if len(touched):

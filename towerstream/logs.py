@@ -8,7 +8,12 @@ import sys
 import structlog
 
 
-def configure_logging(level: str = "info", json: bool = True) -> None:
+def configure_logging(level: str = "info", json: bool = True, *, cache: bool = True) -> None:
+    """Logs go to stderr (stdout stays free for data, e.g. ``record -o -``).
+
+    ``cache=False`` looks ``sys.stderr`` up on every logger creation, for in-process CLI
+    runs whose streams are swapped (pytest's capture).
+    """
     lvl = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
     renderer: structlog.typing.Processor = (
@@ -24,6 +29,8 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=(
+            structlog.PrintLoggerFactory(file=sys.stderr) if cache else (lambda *_: structlog.PrintLogger(file=sys.stderr))
+        ),
+        cache_logger_on_first_use=cache,
     )

@@ -45,7 +45,7 @@ class RecordedRecord(BaseModel):
     def value_bytes(self) -> bytes:
         if isinstance(self.value, str):
             return self.value.encode()
-        return json.dumps(self.value, separators=(",", ":")).encode()
+        return json.dumps(self.value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def record_of(topic: str, event: BaseModel, key: str | None, timestamp_ms: int | None = None) -> RecordedRecord:
