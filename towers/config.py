@@ -24,10 +24,16 @@ class TowerConfig:
     feat_buckets: int = 1 << 12
     num_slots: int = 16
     max_tokens: int = 24
-    max_cats: int = 8
+    #: Category tokens per item, number tokens included (see features.number_tokens).
+    max_cats: int = 12
     max_feats: int = 16
     history_len: int = 50
     temperature: float = 0.05
+    #: Learn the softmax temperature (log 1/T is a parameter) instead of fixing it.
+    learn_temperature: bool = False
+    #: Initial recency decay of the history pooling weights (learned afterwards).
+    recency_init: float = 0.05
+    id_init_std: float = 0.01
     sparse_lr: float = 0.02
     dense_lr: float = 0.003
     #: Uniform negatives sampled from the live catalog per step (mixed negatives).
@@ -36,6 +42,13 @@ class TowerConfig:
     logq: bool = True
     freq_hash_size: int = 1 << 20
     freq_alpha: float = 0.05
+    #: Mask in-batch candidates that the same user also took in this batch (true positives, not negatives).
+    mask_same_user: bool = True
+    #: Gradient steps per micro-batch; each step sees the batch plus a replay sample.
+    steps_per_batch: int = 1
+    #: Reservoir of past events (with their histories) replayed alongside each batch; 0 = off.
+    replay_size: int = 0
+    replay_per_step: int = 0
     #: Probability of dropping the id embedding in training, so content alone must work (cold items).
     id_dropout: float = 0.2
     kind_weights: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))

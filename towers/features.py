@@ -56,13 +56,26 @@ def encode_item(
     for j, w in enumerate(words):
         toks[j] = hash_token(w, text_buckets)
     cats = np.zeros(max_cats, dtype=np.int64)
-    for j, c in enumerate(list(item.categories)[:max_cats]):
-        cats[j] = hash_token("c:" + c.lower(), cat_buckets)
+    # Numbers also become tokens: the signed-log slot below cannot tell 1995 from 1998, a token can.
+    words = ["c:" + c.lower() for c in item.categories]
+    words += [t for name, value in sorted(item.numbers.items()) for t in number_tokens(name, float(value))]
+    for j, w in enumerate(words[:max_cats]):
+        cats[j] = hash_token(w, cat_buckets)
     creator = hash_token("cr:" + item.creator.lower(), cat_buckets) if item.creator else 0
     nums = np.zeros(num_slots, dtype=np.float32)
     for name, value in item.numbers.items():
         nums[zlib.crc32(name.encode()) % num_slots] += _squash(float(value))
     return toks, cats, creator, nums
+
+
+def number_tokens(name: str, value: float) -> list[str]:
+    """Integer-like values (years, counts, ratings): exact and tens tokens; others: a log2 bucket."""
+    if not math.isfinite(value):
+        return []
+    if value == int(value) and abs(value) < 100_000:
+        v = int(value)
+        return [f"n:{name}={v}", f"n:{name}/10={v // 10}"]
+    return [f"n:{name}~{int(round(math.log2(1.0 + abs(value))))}{'-' if value < 0 else ''}"]
 
 
 def feature_tokens(features: Mapping[str, object], prefix: str) -> list[str]:

@@ -1,12 +1,17 @@
 """The user tower and the item tower.
 
 Item tower: item id embedding (dynamic, one row per item, no hash collisions)
-+ content (text tokens, categories, creator, numbers) -> MLP -> L2-normalised (D,).
-User tower: user id embedding + mean of the user's recent items' base embeddings
-(the same tables as the item tower) + profile/context features -> MLP -> (D,).
++ content (text tokens, categories, creator, numbers) -> residual MLP -> L2-normalised (D,).
+User tower: the user's recent items, embedded by the item tower itself and pooled with
+learned recency weights (most recent first), + user id embedding + profile/context features
+-> residual MLP -> L2-normalised (D,). Because history items go through the item tower, a new
+item is useful in a history from its content alone, and a user vector exists from the first
+event on.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +40,8 @@ class TwoTowerModel(nn.Module):
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
         d, h = cfg.dim, cfg.hidden
-        self.item_id = DynamicEmbedding(cfg.initial_capacity, d, std=0.01)
-        self.user_id = DynamicEmbedding(cfg.initial_capacity, d, std=0.01)
+        self.item_id = DynamicEmbedding(cfg.initial_capacity, d, std=cfg.id_init_std)
+        self.user_id = DynamicEmbedding(cfg.initial_capacity, d, std=cfg.id_init_std)
         self.text = nn.EmbeddingBag(cfg.text_buckets, d, mode="mean", padding_idx=0, sparse=True)
         self.cats = nn.EmbeddingBag(cfg.cat_buckets, d, mode="mean", padding_idx=0, sparse=True)
         self.feats = nn.EmbeddingBag(cfg.feat_buckets, d, mode="mean", padding_idx=0, sparse=True)
@@ -47,7 +52,15 @@ class TwoTowerModel(nn.Module):
         self.creator_w = nn.Parameter(torch.ones(1))
         self.num = nn.Linear(cfg.num_slots, d)
         self.item_mlp = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, d))
+        # Recency weights over history positions (0 = most recent), initialised to a decay.
+        decay = cfg.recency_init
+        self.pos_logit = nn.Parameter(torch.tensor([-decay * p for p in range(cfg.history_len)]))
         self.user_mlp = nn.Sequential(nn.Linear(3 * d, h), nn.ReLU(), nn.Linear(h, d))
+        self.user_mlp[-1].weight.data.mul_(0.1)
+        #: log(1 / temperature), learned when ``cfg.learn_temperature``.
+        self.log_inv_temp = nn.Parameter(
+            torch.tensor(math.log(1.0 / cfg.temperature)), requires_grad=cfg.learn_temperature
+        )
 
     def item_base(
         self,
@@ -70,8 +83,19 @@ class TwoTowerModel(nn.Module):
         """(N, D) base -> (N, D) L2-normalised item embedding."""
         return F.normalize(base + self.item_mlp(base), dim=-1)
 
+    def pool_history(self, hist_vecs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) item vectors, most recent first, (B, L) bool -> (B, D) recency-weighted mean."""
+        logits = self.pos_logit[: hist_vecs.shape[1]].unsqueeze(0).expand(valid.shape)
+        logits = logits.masked_fill(~valid, float("-inf"))
+        w = torch.softmax(logits, dim=1)
+        w = torch.nan_to_num(w, nan=0.0)  # users without history: all -inf -> zero vector
+        return (w.unsqueeze(-1) * hist_vecs).sum(1)
+
     def user_out(self, user_rows: torch.Tensor, hist_pool: torch.Tensor, feat_ids: torch.Tensor) -> torch.Tensor:
         """(B,) rows, (B, D) pooled history, (B, F) feature buckets -> (B, D) normalised."""
         u = self.user_id(user_rows)
         x = torch.cat([u, hist_pool, self.feats(feat_ids)], dim=-1)
         return F.normalize(u + hist_pool + self.user_mlp(x), dim=-1)
+
+    def inv_temperature(self) -> torch.Tensor:
+        return self.log_inv_temp.clamp(max=math.log(100.0)).exp()

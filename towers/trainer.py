@@ -3,13 +3,20 @@
 Loss: sampled softmax over in-batch positives plus uniform negatives from the live
 catalog (mixed negatives), with streaming logQ correction of in-batch negatives
 (Yi et al. 2019: a hash array estimates each item's gap between occurrences) and
-masking of accidental hits. Everything per batch is vectorised; the only Python
-loop is the history append (B iterations of O(1)).
+masking of accidental hits (the same item, or another item the same user took in the batch).
+
+Each event is trained with the user's history as it was just before that event (the same
+history serving saw), so a rating session packed into one micro-batch is learned in order.
+``observe`` records history the moment an event arrives; ``learn_batch`` then reuses those
+snapshots. A small reservoir of past events replays alongside each batch, and a micro-batch
+may take several steps. Everything per step is vectorised; the Python loops are O(1) per
+event (history snapshots and appends).
 """
 
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,6 +88,15 @@ class TwoTowerTrainer:
         self.user_hist_n = np.zeros(cap, dtype=np.int64)
         self.freq = FrequencyEstimator(config.freq_hash_size, config.freq_alpha)
         self.steps = 0
+        #: (user row, item row) -> pre-event history snapshots taken by ``observe``, not yet learned.
+        self._observed: dict[tuple[int, int], deque[np.ndarray]] = {}
+        self._n_observed = 0
+        r = max(config.replay_size, 0)
+        self.replay_users = np.zeros(r, dtype=np.int64)
+        self.replay_items = np.zeros(r, dtype=np.int64)
+        self.replay_weights = np.zeros(r, dtype=np.float32)
+        self.replay_hist = np.full((r, config.history_len), -1, dtype=np.int64)
+        self.replay_n = 0  # events offered to the reservoir so far
         self._build_optimizers()
 
     # ----- capacity -------------------------------------------------------------------
@@ -160,10 +176,74 @@ class TwoTowerTrainer:
             self.user_feats[row] = encode_features(feats, "p:", buckets=self.cfg.feat_buckets, limit=self.cfg.max_feats)
 
     def history(self, user_row: int) -> np.ndarray:
-        """The user's recent item rows (unordered ring, -1 padded) -> (L,)."""
+        """The user's recent item rows, most recent first, -1 padded -> (L,)."""
         if user_row >= self.user_hist.shape[0]:
             return np.full(self.cfg.history_len, -1, dtype=np.int64)
-        return self.user_hist[user_row]
+        return self._ordered_history(np.array([user_row], dtype=np.int64))[0]
+
+    def _ordered_history(self, user_rows: np.ndarray) -> np.ndarray:
+        """(B,) user rows -> (B, L) item rows, most recent first, -1 padded (reads the rings)."""
+        n_hist = self.cfg.history_len
+        n = self.user_hist_n[user_rows]
+        p = np.arange(n_hist)
+        idx = (n[:, None] - 1 - p[None, :]) % n_hist
+        hist = self.user_hist[user_rows[:, None], idx]
+        hist[p[None, :] >= np.minimum(n, n_hist)[:, None]] = -1
+        return hist
+
+    def observe(self, user_rows: np.ndarray, item_rows: np.ndarray) -> None:
+        """Add events to histories now (serving sees them at once); the train step comes later.
+
+        Each event's pre-event history is kept for ``learn_batch``, which must then be given
+        the same events (in any grouping) and will not append them again.
+        """
+        if len(user_rows) == 0:
+            return
+        self.ensure_users(int(user_rows.max()))
+        self.ensure_items(int(item_rows.max()))
+        snaps = self._sequential_histories(user_rows, item_rows)
+        for u, i, snap in zip(user_rows.tolist(), item_rows.tolist(), snaps):
+            self._observed.setdefault((u, i), deque()).append(snap)
+        self._n_observed += len(user_rows)
+        if self._n_observed > 1_000_000:  # events observed but never learned: drop, do not leak
+            self._observed.clear()
+            self._n_observed = 0
+
+    def _sequential_histories(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """Append events to the rings in order; -> (B, L) each event's history just before it."""
+        snaps = self._ordered_history(user_rows)
+        n_hist = self.cfg.history_len
+        # Events of a user already seen in this batch need the batch's earlier items in front.
+        first: dict[int, int] = {}
+        for j, u in enumerate(user_rows.tolist()):
+            if u in first:
+                snaps[j, 1:] = snaps[first[u], :-1]
+                snaps[j, 0] = item_rows[first[u]]
+            first[u] = j
+        for u, i in zip(user_rows.tolist(), item_rows.tolist()):
+            self.user_hist[u, self.user_hist_n[u] % n_hist] = i
+            self.user_hist_n[u] += 1
+        return snaps
+
+    def _histories_for(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """Pre-event histories for a batch: observed snapshots, else computed (and appended) now."""
+        if not self._observed:
+            return self._sequential_histories(user_rows, item_rows)
+        out = np.empty((len(user_rows), self.cfg.history_len), dtype=np.int64)
+        missing: list[int] = []
+        for j, key in enumerate(zip(user_rows.tolist(), item_rows.tolist())):
+            q = self._observed.get(key)
+            if q:
+                out[j] = q.popleft()
+                self._n_observed -= 1
+                if not q:
+                    del self._observed[key]
+            else:
+                missing.append(j)
+        if missing:
+            m = np.asarray(missing)
+            out[m] = self._sequential_histories(user_rows[m], item_rows[m])
+        return out
 
     # ----- forward helpers -------------------------------------------------------------
     def _t(self, arr: np.ndarray) -> torch.Tensor:
@@ -175,15 +255,15 @@ class TwoTowerTrainer:
             self._t(self.item_creator[rows]), self._t(self.item_nums[rows]), id_keep,
         )
 
-    def _user_vectors(self, user_rows: np.ndarray, contexts: Sequence[Mapping[str, object]] | None) -> torch.Tensor:
-        """(B,) user rows -> (B, D), using histories as they are now."""
-        hist = self.user_hist[user_rows]  # (B, L)
+    def _user_vectors(
+        self, user_rows: np.ndarray, hist: np.ndarray, contexts: Sequence[Mapping[str, object]] | None
+    ) -> torch.Tensor:
+        """(B,) user rows, (B, L) history rows (most recent first, -1 padded) -> (B, D)."""
         valid = hist >= 0
         uniq, inv = np.unique(np.where(valid, hist, 0), return_inverse=True)
-        base = self._item_base(uniq)  # (U, D)
-        gathered = base[self._t(inv.reshape(hist.shape))]  # (B, L, D)
-        mask = self._t(valid.astype(np.float32)).unsqueeze(-1)
-        pooled = (gathered * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        vecs = self.model.item_out(self._item_base(uniq))  # (U, D): the item tower's own embeddings
+        gathered = vecs[self._t(inv.reshape(hist.shape))]  # (B, L, D)
+        pooled = self.model.pool_history(gathered, self._t(valid))
         feats = self.user_feats[user_rows]
         if contexts is not None:
             ctx = np.stack([
@@ -200,10 +280,10 @@ class TwoTowerTrainer:
         weights: np.ndarray | None = None,
         contexts: Sequence[Mapping[str, object]] | None = None,
     ) -> float:
-        """One incremental step on a micro-batch (B,) of (user, item) positives; returns the loss.
+        """Incremental training on a micro-batch (B,) of (user, item) positives; returns the mean loss.
 
-        Histories are read before the step and extended after it, so an event never
-        sees itself in its own user's history.
+        Every event is trained with its user's history as it was just before the event
+        (snapshots from ``observe``, or computed here and appended), never with itself in it.
         """
         b = len(user_rows)
         if b == 0:
@@ -211,6 +291,49 @@ class TwoTowerTrainer:
         self.ensure_users(int(user_rows.max()))
         self.ensure_items(int(item_rows.max()))
         cfg = self.cfg
+        w = np.ones(b, dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
+        hist = self._histories_for(user_rows, item_rows)
+        self.freq.update(item_rows)
+        losses = []
+        for _ in range(max(cfg.steps_per_batch, 1)):
+            u, i, ww, h = user_rows, item_rows, w, hist
+            ctx = contexts
+            if cfg.replay_per_step > 0 and self.replay_n > 0:
+                n_res = min(self.replay_n, len(self.replay_users))
+                pick = self.rng.integers(0, n_res, size=min(cfg.replay_per_step, n_res))
+                u = np.concatenate([u, self.replay_users[pick]])
+                i = np.concatenate([i, self.replay_items[pick]])
+                ww = np.concatenate([ww, self.replay_weights[pick]])
+                h = np.concatenate([h, self.replay_hist[pick]])
+                ctx = None if contexts is None else [*contexts, *({} for _ in pick)]
+            losses.append(self._step(u, i, ww, h, ctx))
+        self._remember(user_rows, item_rows, w, hist)
+        return float(np.mean(losses))
+
+    def _remember(self, user_rows: np.ndarray, item_rows: np.ndarray, w: np.ndarray, hist: np.ndarray) -> None:
+        """Reservoir sampling (Vitter's algorithm R) of events for replay."""
+        cap = len(self.replay_users)
+        if cap == 0:
+            return
+        for j in range(len(user_rows)):
+            n = self.replay_n
+            slot = n if n < cap else int(self.rng.integers(0, n + 1))
+            if slot < cap:
+                self.replay_users[slot], self.replay_items[slot] = user_rows[j], item_rows[j]
+                self.replay_weights[slot], self.replay_hist[slot] = w[j], hist[j]
+            self.replay_n += 1
+
+    def _step(
+        self,
+        user_rows: np.ndarray,
+        item_rows: np.ndarray,
+        w: np.ndarray,
+        hist: np.ndarray,
+        contexts: Sequence[Mapping[str, object]] | None,
+    ) -> float:
+        """One sampled-softmax step: (B,) positives vs in-batch + uniform negatives."""
+        cfg = self.cfg
+        b = len(user_rows)
         self.model.train()
         live = np.flatnonzero(self.item_live)
         m = min(cfg.uniform_negatives, len(live))
@@ -218,19 +341,22 @@ class TwoTowerTrainer:
         cand = np.concatenate([item_rows, negs])
         keep = (self.rng.random(len(cand)) >= cfg.id_dropout).astype(np.float32)
         items = self.model.item_out(self._item_base(cand, self._t(keep)))  # (B+M, D)
-        users = self._user_vectors(user_rows, contexts)  # (B, D)
-        logits = users @ items.T / cfg.temperature  # (B, B+M)
+        users = self._user_vectors(user_rows, hist, contexts)  # (B, D)
+        logits = (users @ items.T) * self.model.inv_temperature()  # (B, B+M)
         correction = np.zeros(len(cand), dtype=np.float32)
         if cfg.logq:
             correction[:b] = self.freq.log_prob(item_rows)
             if m > 0:
                 correction[b:] = np.log(m / len(live))
         logits = logits - self._t(correction)
-        hit = cand[None, :] == item_rows[:, None]  # accidental hits: same item as the positive
+        # Accidental hits: the positive item elsewhere in the candidates, and (optionally) other
+        # items this user took in the batch, which are positives for the row, not negatives.
+        hit = cand[None, :] == item_rows[:, None]
+        if cfg.mask_same_user:
+            hit[:, :b] |= user_rows[None, :] == user_rows[:, None]
         hit[np.arange(b), np.arange(b)] = False
         logits = logits.masked_fill(self._t(hit), float("-inf"))
         target = self._t(np.arange(b))
-        w = np.ones(b, dtype=np.float32) if weights is None else weights.astype(np.float32)
         wt = self._t(w)
         loss = (F.cross_entropy(logits, target, reduction="none") * wt).sum() / wt.sum().clamp(min=1e-6)
         self.opt_sparse.zero_grad(set_to_none=True)
@@ -238,9 +364,7 @@ class TwoTowerTrainer:
         loss.backward()  # type: ignore[no-untyped-call]
         self.opt_sparse.step()
         self.opt_dense.step()
-        self.freq.update(item_rows)
         self.steps += 1
-        self.push_history(user_rows, item_rows)
         return float(loss.detach())
 
     def push_history(self, user_rows: np.ndarray, item_rows: np.ndarray) -> None:
@@ -269,7 +393,8 @@ class TwoTowerTrainer:
         if len(user_rows) == 0:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_users(int(user_rows.max()))
-        return self._user_vectors(user_rows, contexts).cpu().numpy().astype(np.float32, copy=False)
+        hist = self._ordered_history(user_rows)
+        return self._user_vectors(user_rows, hist, contexts).cpu().numpy().astype(np.float32, copy=False)
 
     # ----- persistence ---------------------------------------------------------------------
     def state_bytes(self) -> bytes:
@@ -280,7 +405,8 @@ class TwoTowerTrainer:
             "tables": {
                 name: getattr(self, name)
                 for name in ("item_tokens", "item_cats", "item_creator", "item_nums", "item_live",
-                             "user_feats", "user_hist", "user_hist_n")
+                             "user_feats", "user_hist", "user_hist_n",
+                             "replay_users", "replay_items", "replay_weights", "replay_hist", "replay_n")
             },
             "freq": (self.freq.last, self.freq.gap, self.freq.step),
             "steps": self.steps,
