@@ -133,7 +133,7 @@ class EngineLike(Protocol):
     live: np.ndarray
     model_version: int
 
-    def recommend_many(self, user_ids: Sequence[str], k: int = 10, **kw: Any) -> list[Any]: ...
+    def recommend_many(self, user_ids: Sequence[str], k: int = 10, *, exclude_seen: bool = True) -> Sequence[Any]: ...
 
     def seen_rows(self, user_row: int) -> set[int]: ...
 
@@ -263,7 +263,7 @@ class DriftMonitor:
         self.events_total = 0
         self.probes_total = 0
         self.hits_total = 0
-        self.outbox: deque[DriftReport] = deque()
+        self.outbox: deque[DriftReport] = deque(maxlen=1000)
         self.last_report_at = clock()
         # training-thread state
         self._step_rows = np.zeros(0, dtype=np.int64)
