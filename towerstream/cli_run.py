@@ -23,13 +23,16 @@ def kafka_for(settings: Settings) -> Iterator[Settings]:
         yield settings
         return
     port = settings.embedded_broker_port
+    # Tansu holds a group join for half the session timeout: keep it short on the embedded broker.
+    fast_join = {"broker_session_timeout": min(settings.broker_session_timeout, 6.0),
+                 "broker_heartbeat_interval": min(settings.broker_heartbeat_interval, 2.0)}
     if port_open("127.0.0.1", port):
         print(f"using the broker already listening on 127.0.0.1:{port}", file=sys.stderr)
-        yield settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{port}"})
+        yield settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{port}", **fast_join})
         return
     with EmbeddedBroker(port=port) as broker:
         print(f"embedded Kafka-compatible broker (Tansu, memory only) on {broker.bootstrap}", file=sys.stderr)
-        yield settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        yield settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, **fast_join})
 
 
 def _ensure_topics(settings: Settings) -> None:
@@ -81,6 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     with kafka_for(settings) as s:
         _ensure_topics(s)
         log_path = data_dir / "worker.log"

@@ -16,6 +16,8 @@ def configure_logging(level: str = "info", json: bool = True, *, cache: bool = T
     """
     lvl = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
+    # kafka-python narrates every connection at INFO; keep its warnings and errors only.
+    logging.getLogger("kafka").setLevel(max(lvl, logging.WARNING))
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )

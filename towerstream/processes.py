@@ -67,7 +67,8 @@ class WorkerProcess:
         env = {**os.environ, **settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"}
         faust_bin = Path(sys.executable).parent / "faust"
         cmd = [str(faust_bin)] if faust_bin.exists() else [sys.executable, "-m", "faust"]
-        cmd += ["-A", "streams.app", "worker", "-l", "warn", "--web-port",
+        level = {"warning": "warn", "critical": "crit"}.get(self.settings.log_level, self.settings.log_level)
+        cmd += ["-A", "streams.app", "worker", "-l", level, "--web-port",
                 str(self.settings.web_port)]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
