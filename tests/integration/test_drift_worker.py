@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import urllib.request
 from pathlib import Path
@@ -14,6 +15,8 @@ from producers.producer import EventProducer
 from producers.topics import ensure_topics
 from tests.conftest import worker_settings
 from towerstream.broker import EmbeddedBroker
+from towerstream.cli_drift import tail
+from towerstream.drift import report_line
 from towerstream.events.drift import DriftReport
 from towerstream.processes import WorkerProcess, http_json
 from towerstream.synthetic import StreamSpec, generate
@@ -76,6 +79,13 @@ def test_worker_emits_drift_reports_and_gauges(broker: EmbeddedBroker, topic_pre
         assert last.index_size == SPEC.items and last.model_version > 0
         assert served > 0 and any(r.served_lists and r.coverage is not None for r in reports)
         assert any(r.item_norm is not None and r.variance_top1 is not None for r in reports)
+
+        # ``towerstream drift tail --from-beginning --max N`` prints one line per report, in order.
+        out = io.StringIO()
+        n = tail(s, out, from_beginning=True, max_reports=len(reports), duration_s=15)
+        lines = out.getvalue().splitlines()
+        assert n == len(lines) == len(reports)
+        assert sorted(lines) == sorted(report_line(r) for r in reports)
 
         text = metrics_text(worker)
         assert (sample(text, "towerstream_drift_reports_total") or 0) >= len(reports)

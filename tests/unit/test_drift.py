@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from towers import TowerConfig
+from towerstream.cli import main as cli_main
+from towerstream.cli_drift import plot_reports
 from towerstream.drift import (
     DriftConfig,
     DriftMonitor,
@@ -27,6 +29,7 @@ from towerstream.drift import (
 )
 from towerstream.engine import Engine, EngineConfig, Recommendations
 from towerstream.events.drift import DriftReport
+from towerstream.recording import RecordedRecord, write_recording
 from towerstream.synthetic import StreamSpec, generate
 
 #: A small tower keeps one 4000-event run near a second on a shared 2-core machine.
@@ -204,3 +207,40 @@ def test_monitor_core_imports_neither_faust_nor_kafka() -> None:
     code = "import sys, towerstream.drift; print(sorted(m for m in ('faust', 'kafka', 'aiokafka') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----- CLI: plot ---------------------------------------------------------------------------------------
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_reports_draws_a_png(streams: dict[tuple[int, bool], list[DriftReport]], tmp_path: Path) -> None:
+    out = plot_reports(streams[(0, True)], tmp_path / "sub" / "drift.png")
+    data = out.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 20_000
+    with pytest.raises(ValueError):
+        plot_reports([], tmp_path / "empty.png")
+
+
+def test_cli_plot_recorded_reports(streams: dict[tuple[int, bool], list[DriftReport]], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    reports = streams[(1, True)]
+    rec = tmp_path / "drift.jsonl"
+    write_recording([RecordedRecord(topic="drift-metrics", key=r.source, value=r.model_dump(mode="json"),
+                                    timestamp=r.emitted_at_ms) for r in reports], rec)
+    assert cli_main(["drift", "plot", str(rec), "-o", str(tmp_path / "d.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"plotted={len(reports)} source=recorded" in out and "changes=0" not in out
+    assert (tmp_path / "d.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_cli_plot_runs_the_monitor_offline_over_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TOWERSTREAM_EMBEDDING_DIM", "16")
+    monkeypatch.setenv("TOWERSTREAM_DEVICE", "cpu")
+    rec = tmp_path / "events.jsonl"
+    write_recording(generate(StreamSpec(users=20, items=40, interactions=600, seed=3)), rec)
+    argv = ["drift", "plot", str(rec), "-o", str(tmp_path / "d.png"), "--every-events", "200", "--batch-size", "64"]
+    assert cli_main(argv) == 0
+    assert "plotted=3 source=offline" in capsys.readouterr().out
+    assert (tmp_path / "d.png").read_bytes().startswith(PNG_MAGIC)
+    assert cli_main(["drift", "plot", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.png")]) == 1
