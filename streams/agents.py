@@ -9,6 +9,8 @@ committed only for events whose effects are already durable.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +55,32 @@ def _learn_observed(runtime: WorkerRuntime, engine: Any, valid: list[Any], sourc
     return res
 
 
+async def _staged(runtime: WorkerRuntime, engine: Any, kind: str, valid: list[Any], sources: list[SourcePos]) -> bool:
+    """In event-time ordering, stage the batch durably (applied later by the sequencer); else False."""
+    if runtime.settings.ordering != "event_time":
+        return False
+    await runtime.run(engine.stage, kind, valid, sources)
+    runtime.last_staged_at = time.monotonic()
+    return True
+
+
+async def drain_when_idle(runtime: WorkerRuntime) -> None:
+    """Event-time ordering: once input has been idle for ``ordering_idle_s``, apply what is staged."""
+    engine = await runtime.wait_ready()
+    s = runtime.settings
+    if await runtime.run(engine.staged_count):
+        runtime.last_staged_at = time.monotonic()  # staged before a restart: drain it too
+    while True:
+        await asyncio.sleep(min(0.2, s.ordering_idle_s / 2))
+        if runtime.last_staged_at and time.monotonic() - runtime.last_staged_at >= s.ordering_idle_s:
+            runtime.last_staged_at = 0.0
+            learn = functools.partial(_learn_observed, runtime, engine)
+            n = await runtime.run(engine.drain_staged, s.batch_max, learn)
+            log.info("staged_events_applied", events=n, model_version=engine.model_version)
+            metrics.MODEL_VERSION.set(engine.model_version)
+            metrics.INDEX_SIZE.set(len(engine.index))
+
+
 def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
     s = runtime.settings
 
@@ -61,7 +89,7 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
         engine = await runtime.wait_ready()
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid, sources = await _validate(runtime, list(events), decode_interaction)
-            if not valid:
+            if not valid or await _staged(runtime, engine, "interactions", valid, sources):
                 continue
             res = await runtime.run(_learn_observed, runtime, engine, valid, sources)
             topic = s.topic("interactions")
@@ -82,7 +110,7 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
         engine = await runtime.wait_ready()
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid, sources = await _validate(runtime, list(events), decode_item)
-            if not valid:
+            if not valid or await _staged(runtime, engine, "items", valid, sources):
                 continue
             t0 = time.perf_counter()
             res = await runtime.run(engine.apply_items, valid, sources)
@@ -102,7 +130,7 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
         engine = await runtime.wait_ready()
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid, sources = await _validate(runtime, list(events), decode_user)
-            if valid:
+            if valid and not await _staged(runtime, engine, "users", valid, sources):
                 await runtime.run(engine.apply_users, valid, sources)
                 metrics.EVENTS.labels(s.topic("users")).inc(len(valid))
 

@@ -14,7 +14,7 @@ import structlog
 from faust.sensors.prometheus import setup_prometheus_sensors
 
 from streams import metrics
-from streams.agents import register_agents
+from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
 from streams.runtime import WorkerRuntime
 from streams.views import register_views
@@ -109,6 +109,12 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def open_engine() -> None:
         await runtime.open()
+
+    if settings.ordering == "event_time":
+
+        @app.task
+        async def sequencer() -> None:
+            await drain_when_idle(runtime)
 
     @app.task
     async def probe_kafka() -> None:

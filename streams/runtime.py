@@ -46,6 +46,8 @@ class WorkerRuntime:
         #: thread before each batch is learned, ``after_learn(engine, events, result)`` after it,
         #: and ``observe_served(recommendations)`` for every answer served.
         self.monitor: Any = None
+        #: Event-time ordering: when input was last staged (monotonic), 0 when nothing is pending.
+        self.last_staged_at = 0.0
 
     @property
     def ready_event(self) -> asyncio.Event:

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     # Micro-batching and model cadence
     batch_max: int = 512
     batch_within_s: float = 0.05
+    #: "arrival": apply each micro-batch as it comes (live). "event_time": stage durably and apply
+    #: in (event time, topic, partition, offset) order once input is idle for ordering_idle_s:
+    #: deterministic, for replays and backfills, not for live serving latency.
+    ordering: Literal["arrival", "event_time"] = "arrival"
+    ordering_idle_s: float = 1.0
     checkpoint_every_s: float = 30.0
     reembed_every_s: float = 300.0
 
