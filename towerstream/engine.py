@@ -83,6 +83,10 @@ class LearnResult:
     upsert_lag_ms: list[float] = field(default_factory=list)
 
 
+#: Tie-break of equal event times in ordered mode: catalog first, then profiles, then interactions.
+_STAGE_RANK = {"items": 0, "users": 1, "interactions": 2}
+
+
 def _seq_key(seq: int) -> str:
     return f"j:{seq:016d}"
 
@@ -377,6 +381,74 @@ class Engine:
                 newest[r] = epoch_ms(e.ts)
             lags = [now_ms - newest[r] for r in touched.tolist()]
         return 0.0 if loss != loss else loss, unknown, lags
+
+    # ----- event-time ordered ingestion (deterministic replays) --------------------------------
+    def stage(
+        self, kind: Literal["items", "users", "interactions"], events: Sequence[Any], sources: Sequence[SourcePos]
+    ) -> int:
+        """Durably stage events; ``drain_staged`` applies them later in a deterministic order.
+
+        The order key is (event time, topic rank, partition, offset): it does not depend on how
+        fetches from different topics and partitions happened to interleave, so the same
+        recording replayed into a fresh worker gives the same model bit for bit.
+        """
+        batch = self.store.batch()
+        for ev, src in zip(events, sources):
+            key = f"stg:{epoch_ms(ev.ts):013d}:{_STAGE_RANK[kind]}:{src.partition:05d}:{src.offset:012d}"
+            doc = {"t": kind, "e": ev.model_dump(mode="json"), "s": [src.topic, src.partition, src.offset]}
+            self.store.put_bytes(key, json.dumps(doc).encode(), batch=batch)
+        self.store.write(batch)
+        return len(events)
+
+    def drain_staged(self, batch_max: int, learn: Any = None) -> int:
+        """Apply every staged event in order; interactions in micro-batches of ``batch_max``.
+
+        An item or user event first flushes the pending interactions, as in ``evaluate``.
+        Staged keys are deleted after their events are applied; a crash in between re-applies
+        them on restart, which dedup by event id makes harmless. ``learn`` replaces
+        ``self.learn`` (the worker passes its monitored version).
+        """
+        learn_fn = learn or self.learn
+        pending: list[Interaction] = []
+        pending_src: list[SourcePos] = []
+        done_keys: list[str] = []
+        n = 0
+
+        def flush() -> None:
+            nonlocal pending, pending_src
+            if pending:
+                learn_fn(pending, pending_src)
+                pending, pending_src = [], []
+            batch = self.store.batch()
+            for key in done_keys:
+                self.store.delete(key, batch=batch)
+            self.store.write(batch)
+            done_keys.clear()
+
+        for key, raw in list(self.store.scan("stg:")):
+            doc = json.loads(raw)
+            src = SourcePos(*doc["s"])
+            if doc["t"] == "interactions":
+                pending.append(Interaction.model_validate(doc["e"]))
+                pending_src.append(src)
+                done_keys.append(key)
+                if len(pending) >= batch_max:
+                    flush()
+            else:
+                flush()
+                if doc["t"] == "items":
+                    e = doc["e"]
+                    self.apply_items([ItemDelete.model_validate(e) if e.get("op") == "delete"
+                                      else ItemUpsert.model_validate(e)], [src])
+                else:
+                    self.apply_users([UserProfile.model_validate(doc["e"])], [src])
+                done_keys.append(key)
+            n += 1
+        flush()
+        return n
+
+    def staged_count(self) -> int:
+        return sum(1 for _ in self.store.scan("stg:"))
 
     # ----- serving ---------------------------------------------------------------------
     def seen_rows(self, user_row: int) -> set[int]:
