@@ -200,3 +200,35 @@ def test_restart_keeps_the_index_and_resumes_from_committed_offsets(
     time.sleep(2)
     assert final["trained_total"] == spec.interactions + len(more)
     assert metric(second, "towerstream_duplicates_total") == 0
+
+
+def test_kafka_request_reply_answers_on_the_reply_topic(trained: Any) -> None:
+    settings, worker = trained
+    from producers.topics import ensure_topics as _ensure
+    from towerstream.events import RecommendRequest, RecommendResponse
+
+    reply_topic = settings.topic("replies-test")
+    _ensure(settings, ["replies-test"])
+    requests = [RecommendRequest(request_id=f"r{n}", user_id=f"u{n}", k=5, reply_to=reply_topic) for n in range(3)]
+    requests.append(RecommendRequest(request_id="r-stranger", user_id="stranger", k=5, reply_to=reply_topic))
+    with EventProducer(settings) as prod:
+        for req in requests:
+            prod.send_raw(settings.topic("recommend-requests"), req.request_id.encode(), req.model_dump_json().encode())
+        prod.send_raw(settings.topic("recommend-requests"), b"bad", b'{"user_id": ""}')
+        assert prod.flush(timeout=20).failed == 0
+    consumer = KafkaConsumer(reply_topic, bootstrap_servers=settings.bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=1000, fetch_max_wait_ms=50, group_id=None)
+    answers: dict[str, RecommendResponse] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(answers) < len(requests):
+        for m in consumer:
+            resp = RecommendResponse.model_validate_json(m.value)
+            assert m.key == (resp.request_id or "").encode()
+            answers[resp.request_id or ""] = resp
+    consumer.close()
+    assert set(answers) == {r.request_id for r in requests}
+    for n in range(3):
+        direct = http_json(f"{worker.base_url}/recommend/u{n}?k=5")[1]
+        assert answers[f"r{n}"].source == "model"
+        assert [i.item_id for i in answers[f"r{n}"].items] == [i["item_id"] for i in direct["items"]]
+    assert answers["r-stranger"].source == "popularity"
