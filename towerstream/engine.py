@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import structlog
 
-from index_store import MetaStore, VectorIndex, load_latest_checkpoint, save_checkpoint
+from index_store import CheckpointError, MetaStore, VectorIndex, load_latest_checkpoint, save_checkpoint
 from towers import TowerConfig, TwoTowerTrainer
 from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
 from towerstream.events.base import epoch_ms
@@ -91,6 +91,14 @@ def _seq_key(seq: int) -> str:
     return f"j:{seq:016d}"
 
 
+#: Durable next offset per source partition (``off:<topic>:<partition>``), written in the same
+#: WriteBatch as the events' journal entry: Kafka commits never run ahead of it.
+OFFSET_PREFIX = "off:"
+#: Popularity snapshot written at each checkpoint, kept apart from the checkpoint files so that a
+#: rebuild after unreadable checkpoints can serve popular items at once.
+_POPULARITY_KEY = "snap:popularity"
+
+
 class Engine:
     """One worker's model, index and durable state under ``data_dir``."""
 
@@ -113,6 +121,12 @@ class Engine:
         self.item_ts: dict[int, int] = {}  # row -> event time (ms) of the content in the index
         self.live = np.zeros(1024, dtype=bool)
         self.ready = False
+        #: What the engine is doing while not ready ("loading", "rebuilding index"), then "ready".
+        self.status = "loading"
+        #: Interactions trained into this model lineage (checkpointed; journal replay adds to it).
+        self.trained_in_model = 0
+        #: Next source offset per "topic:partition" whose effects are in this state.
+        self.offsets: dict[str, int] = {}
         self.lock = threading.RLock()
         #: Event ids added to history by ``observe`` and not yet learned.
         self._observed: set[str] = set()
@@ -123,12 +137,22 @@ class Engine:
     def open(cls, data_dir: Path, config: EngineConfig | None = None) -> Engine:
         """Load the newest checkpoint, replay the journal after it, and mark ready."""
         eng = cls(data_dir, config)
-        eng._restore()
-        eng.ready = True
+        eng.restore()
         return eng
 
+    def restore(self) -> None:
+        """``open`` in two steps: construct, then restore; serving meanwhile answers from popularity."""
+        self._restore()
+        self.status = "ready"
+        self.ready = True
+
     def _restore(self) -> None:
-        loaded = load_latest_checkpoint(self.data_dir / "checkpoints", threads=self.config.index_threads)
+        try:
+            loaded = load_latest_checkpoint(self.data_dir / "checkpoints", threads=self.config.index_threads)
+        except CheckpointError as exc:
+            log.error("checkpoints_unreadable", error=str(exc)[:1000])
+            self._rebuild_from_store()
+            return
         if loaded is not None:
             info, index, blobs = loaded
             self.trainer.load_state_bytes(blobs["towers"])
@@ -139,6 +163,8 @@ class Engine:
             self.seen = {u: array.array("q", v) for u, v in state["seen"].items()}
             self.item_ts = state["item_ts"]
             self.live = state["live"]
+            self.trained_in_model = state.get("trained_in_model", 0)
+            self.offsets = dict(info.meta.get("offsets", {}))
             self.seq = info.seq
             log.info("checkpoint_loaded", seq=info.seq, items=len(self.index), model_version=self.model_version)
         replayed = 0
@@ -156,10 +182,68 @@ class Engine:
                 self._apply_users_now([UserProfile.model_validate(e) for e in entry["e"]])
             else:
                 self._learn_now([Interaction.model_validate(e) for e in entry["e"]])
+            self._note_offsets(entry.get("s"))
             self.seq = seq
             replayed += 1
         if replayed:
             log.info("journal_replayed", entries=replayed, seq=self.seq)
+
+    def _rebuild_from_store(self) -> None:
+        """No readable checkpoint: rebuild the index from the item records in RocksDB.
+
+        Item records (``item:<id>``) hold each item's last applied event, so the catalog comes back
+        exact; profiles come from ``user:<id>``. Popularity comes from its last snapshot, so the
+        fallback answers at once. Interactions still in the journal are trained again; tower
+        training older than the journal is lost (towers restart from their initialisation).
+        """
+        self.status = "rebuilding index"
+        ckpt_root = self.data_dir / "checkpoints"
+        for path in sorted(ckpt_root.glob("ckpt-" + "[0-9]" * 16)):
+            # Kept for inspection under a name the loader ignores; new checkpoints sort after them.
+            self.seq = max(self.seq, int(path.name[5:]))
+            path.rename(path.with_name(path.name + ".unreadable"))
+        snap = self.store.get_bytes(_POPULARITY_KEY)
+        snap_seq = -1
+        rows_known = len(self.items)
+        self._ensure_rows(max(rows_known - 1, 0))
+        ups: list[ItemUpsert] = []
+        for key, raw in self.store.scan("item:"):
+            rec = json.loads(raw)
+            row = self.items.get(key[5:])
+            if row is None:
+                continue
+            self.item_ts[row] = int(rec["ts"])
+            if not rec.get("deleted"):
+                self.live[row] = True
+                ups.append(ItemUpsert.model_validate(rec["event"]))
+        if snap is not None:
+            snap_seq = int.from_bytes(snap[:8], "big")
+            pop = np.frombuffer(snap[8:], dtype=np.float64)
+            self._ensure_rows(len(pop) - 1)
+            self.popularity[: len(pop)] = pop
+        log.warning("index_rebuild_started", items=len(ups))
+        profiles = [UserProfile(user_id=k[5:], features=json.loads(v), ts=time.time())
+                    for k, v in self.store.scan("user:")]
+        for s in range(0, len(profiles), 4096):
+            self._apply_users_now(profiles[s : s + 4096])
+        for s in range(0, len(ups), 4096):
+            with self.lock:
+                self._apply_items_now(ups[s : s + 4096])
+        replayed = 0
+        for key, raw in self.store.scan("j:"):
+            entry = json.loads(raw)
+            seq = int(key[2:])
+            if entry["t"] == "interactions":  # items and profiles are already at their last state
+                with self.lock:
+                    kept = self.popularity.copy() if seq <= snap_seq else None
+                    self._learn_now([Interaction.model_validate(e) for e in entry["e"]])
+                    if kept is not None:  # already counted in the snapshot
+                        self.popularity[: len(kept)] = kept
+                replayed += 1
+            self._note_offsets(entry.get("s"))
+            self.seq = max(self.seq, seq)
+        log.warning("index_rebuilt", items=len(self.index), journal_entries=replayed, seq=self.seq)
+        self.checkpoint()
 
     def checkpoint(self) -> Path:
         """Persist towers + index + engine state at the current journal position, then trim the journal."""
@@ -173,14 +257,20 @@ class Engine:
                     "seen": {u: v.tolist() for u, v in self.seen.items()},
                     "item_ts": self.item_ts,
                     "live": self.live,
+                    "trained_in_model": self.trained_in_model,
                 }),
             }
             info = save_checkpoint(
                 self.data_dir / "checkpoints", seq, index=self.index, blobs=blobs,
-                meta={"model_version": self.model_version, "items": len(self.index)},
+                meta={"model_version": self.model_version, "items": len(self.index), "offsets": dict(self.offsets)},
                 keep=self.config.checkpoints_kept,
             )
-        self.store.delete_range("j:", upto_key=_seq_key(seq + 1))
+            snap = seq.to_bytes(8, "big") + self.popularity.astype(np.float64).tobytes()
+        self.store.put_bytes(_POPULARITY_KEY, snap)
+        # Keep the journal back to the oldest kept checkpoint: if the newest one turns out
+        # unreadable, the previous one plus the journal still gives every acknowledged event.
+        kept = sorted(int(p.name[5:]) for p in info.path.parent.glob("ckpt-" + "[0-9]" * 16))
+        self.store.delete_range("j:", upto_key=_seq_key(min(kept, default=seq) + 1))
         log.info("checkpoint_saved", seq=seq, path=str(info.path), items=len(self.index))
         return info.path
 
@@ -200,7 +290,20 @@ class Engine:
         entry: dict[str, Any] = {"t": kind, "e": [e.model_dump(mode="json") for e in events]}
         if sources:
             entry["s"] = [[s.topic, s.partition, s.offset] if s else None for s in sources]
+            for tp in self._note_offsets(entry["s"]):
+                self.store.put_bytes(OFFSET_PREFIX + tp, str(self.offsets[tp]).encode(), batch=batch)
         self.store.put_bytes(_seq_key(self.seq), json.dumps(entry).encode(), batch=batch)
+
+    def _note_offsets(self, sources: Sequence[Sequence[Any] | None] | None) -> set[str]:
+        """Advance the next-offset per "topic:partition" past ``sources``; returns those that moved."""
+        moved: set[str] = set()
+        for src in sources or ():
+            if src is not None:
+                tp = f"{src[0]}:{src[1]}"
+                if int(src[2]) + 1 > self.offsets.get(tp, 0):
+                    self.offsets[tp] = int(src[2]) + 1
+                    moved.add(tp)
+        return moved
 
     @staticmethod
     def _item_event_key(ev: ItemUpsert | ItemDelete) -> str:
@@ -365,6 +468,7 @@ class Engine:
         contexts = [e.context for e in events] if any(e.context for e in events) else None
         loss = self.trainer.learn_batch(u, i, w, contexts)
         self.model_version += 1
+        self.trained_in_model += len(events)
         # Popularity with exponential decay, for fallbacks and the popularity-bias metric.
         self.popularity *= 0.5 ** (len(events) / self.config.popularity_half_life)
         np.add.at(self.popularity, i, 1.0)
@@ -465,7 +569,9 @@ class Engine:
         return len(rows)
 
     def popular(self, k: int, exclude: set[int] | None = None) -> list[tuple[int, float]]:
-        scores = np.where(self.live, self.popularity[: len(self.live)], -np.inf)
+        live, pop = self.live, self.popularity  # either may be swapped for a longer array meanwhile
+        n = min(len(live), len(pop))
+        scores = np.where(live[:n], pop[:n], -np.inf)
         want = k + (len(exclude) if exclude else 0)
         top = np.argsort(-scores, kind="stable")[: max(want, 0)]
         out = [(int(r), float(scores[r])) for r in top if np.isfinite(scores[r]) and not (exclude and int(r) in exclude)]
@@ -507,7 +613,7 @@ class Engine:
         model_idx = [n for n, r in enumerate(rows) if r is not None]
         reason: str | None = None
         if not self.ready:
-            reason = "index not ready"
+            reason = "index rebuilding" if self.status == "rebuilding index" else "index not ready"
         elif len(self.index) == 0:
             reason = "index empty"
         if model_idx and reason is None:
@@ -551,4 +657,5 @@ class Engine:
             "model_version": float(self.model_version),
             "journal_seq": float(self.seq),
             "trained_total": float(self.store.counter("trained")),
+            "trained_in_model": float(self.trained_in_model),
         }
