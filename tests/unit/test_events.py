@@ -23,7 +23,9 @@ from towerstream.events import (
 )
 from towerstream.events.codec import MAX_EVENT_BYTES
 
-ids = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=40)
+ids = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FFF), min_size=1, max_size=40).filter(
+    lambda s: s.strip() != ""  # blank ids are rejected on purpose (see test below)
+)
 times = st.datetimes(
     min_value=datetime(1995, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(timezone.utc)
 ).map(lambda d: d.replace(microsecond=(d.microsecond // 1000) * 1000))
@@ -121,3 +123,10 @@ def test_events_are_frozen_and_requests_bound_k() -> None:
         RecommendRequest(user_id="u", k=0)
     with pytest.raises(ValueError):
         RecommendRequest(user_id="u", k=100_000)
+
+
+@pytest.mark.parametrize("blank", [" ", "\t", "\x85", "\u2003"])
+def test_blank_ids_are_rejected(blank: str) -> None:
+    with pytest.raises(InvalidEvent) as err:
+        decode_interaction(json.dumps({**GOOD, "item_id": blank}).encode())
+    assert "blank" in err.value.reason
