@@ -7,6 +7,8 @@ Every topic, dead-letters and drift-metrics included, gets
 ``settings.topic_partitions`` partitions: Faust refuses to join tables and
 streams whose topics are partitioned differently, and an extra partition on a
 low-volume topic costs nothing; records keep per-key order either way.
+The dead-letter topic accepts records up to ``MAX_RECORD_BYTES`` (a refused
+1 MB record, base64-encoded, is larger than Kafka's default limit).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from producers.errors import BrokerUnavailable
 from producers.kafka_config import client_config
+from towerstream.events.deadletter import MAX_RECORD_BYTES
 from towerstream.settings import TOPIC_NAMES, Settings
 
 log = structlog.get_logger(__name__)
@@ -58,6 +61,10 @@ def ensure_topics(
                             name=topic,
                             num_partitions=settings.topic_partitions,
                             replication_factor=settings.topic_replication,
+                            topic_configs=(
+                                {"max.message.bytes": str(MAX_RECORD_BYTES)}
+                                if topic == settings.topic("dead-letters") else {}
+                            ),
                         )
                     ],
                     timeout_ms=timeout_ms,

@@ -142,7 +142,7 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
             msg = event.message
             try:
                 req = RecommendRequest.model_validate_json(msg.value)
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:  # TypeError: a tombstone (no value)
                 await runtime.dead_letter(msg, str(exc).splitlines()[0][:500], "invalid")
                 continue
             k = min(req.k, s.max_k)

@@ -18,6 +18,7 @@ from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
 from streams.runtime import WorkerRuntime
 from streams.views import register_views
+from towerstream.events.deadletter import MAX_RECORD_BYTES
 from towerstream.logs import configure_logging
 from towerstream.settings import Settings, get_settings
 
@@ -76,21 +77,23 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
         producer_acks=-1,
+        # A dead letter carries a refused record of up to 2 MiB, base64-encoded.
+        producer_max_request_size=MAX_RECORD_BYTES,
         # Tansu reports end offsets too low; this check would raise falsely. We keep no tables.
         recovery_consistency_check=False,
     )
     runtime = WorkerRuntime(settings)
     app.towerstream_runtime = runtime  # type: ignore[attr-defined]
 
-    def topic(name: str, partitions: int | None = None) -> Any:
+    def topic(name: str, partitions: int | None = None, config: dict[str, Any] | None = None) -> Any:
         return app.topic(
             settings.topic(name), key_type=bytes, value_type=bytes, key_serializer="raw",
-            value_serializer="raw", partitions=partitions or settings.topic_partitions,
+            value_serializer="raw", partitions=partitions or settings.topic_partitions, config=config,
         )
 
     topics = {name: topic(name) for name in ("interactions", "items", "users", "recommend-requests",
                                              "recommend-responses")}
-    topics["dead-letters"] = topic("dead-letters")
+    topics["dead-letters"] = topic("dead-letters", config={"max.message.bytes": str(MAX_RECORD_BYTES)})
     topics["drift-metrics"] = topic("drift-metrics")
     runtime.dead_letter_topic = topics["dead-letters"]
     runtime.topics = topics  # type: ignore[attr-defined]
@@ -105,6 +108,11 @@ def create_app(settings: Settings) -> faust.App:
     else:
         register_drift(app, runtime, topics)
     setup_prometheus_sensors(app, pattern="/metrics", name_prefix="towerstream_faust")
+
+    @app.on_worker_init.connect
+    def open_engine_early(sender: Any, **kwargs: Any) -> None:
+        """``faust worker`` is starting: load the engine while the consumer joins its group."""
+        runtime.begin_open()
 
     @app.task
     async def open_engine() -> None:

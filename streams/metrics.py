@@ -6,6 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("towerstream_events_total", "Valid events processed", ["topic"])
 DEAD_LETTERS = Counter("towerstream_dead_letters_total", "Records sent to the dead-letter topic", ["topic", "kind"])
+DEAD_LETTER_FAILURES = Counter(
+    "towerstream_dead_letter_failures_total", "Dead letters the broker did not accept (logged with the record's position)"
+)
 DUPLICATES = Counter("towerstream_duplicates_total", "Events dropped as duplicates (same event id)", ["topic"])
 UNKNOWN_ITEMS = Counter("towerstream_unknown_item_interactions_total", "Interactions on items with no content yet")
 UNKNOWN_DELETES = Counter("towerstream_unknown_item_deletes_total", "Deletes of items never seen (ignored)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +48,8 @@ class WorkerRuntime:
         self.monitor: Any = None
         #: Event-time ordering: when input was last staged (monotonic), 0 when nothing is pending.
         self.last_staged_at = 0.0
+        self._opening: Future[Engine] | None = None
+        self._open_t0 = 0.0
 
     @property
     def ready_event(self) -> asyncio.Event:
@@ -59,10 +61,28 @@ class WorkerRuntime:
     def ready(self) -> bool:
         return self.engine is not None and self.ready_event.is_set()
 
+    def begin_open(self) -> Future[Engine]:
+        """Start opening the engine on the training thread now; idempotent.
+
+        The worker calls this before it joins the consumer group (Faust starts app tasks only
+        after partitions are assigned), so loading the checkpoint overlaps the group join. The
+        engine is visible to serving as soon as it is constructed: while it loads or rebuilds,
+        ``/recommend`` answers from popularity with the reason.
+        """
+        if self._opening is None:
+            self._open_t0 = time.perf_counter()
+            self._opening = self.train_pool.submit(self._open_blocking)
+        return self._opening
+
+    def _open_blocking(self) -> Engine:
+        engine = Engine(Path(self.settings.data_dir) / "engine", engine_config(self.settings))
+        self.engine = engine
+        engine.restore()
+        return engine
+
     async def open(self) -> Engine:
-        path = Path(self.settings.data_dir) / "engine"
-        t0 = time.perf_counter()
-        self.engine = await self.run(Engine.open, path, engine_config(self.settings))
+        self.engine = await asyncio.wrap_future(self.begin_open())
+        t0 = self._open_t0
         self.ready_event.set()
         metrics.READY.set(1)
         metrics.INDEX_SIZE.set(len(self.engine.index))
@@ -82,8 +102,15 @@ class WorkerRuntime:
         return await asyncio.get_running_loop().run_in_executor(self.serve_pool, lambda: fn(*args, **kw))
 
     async def dead_letter(self, message: Any, reason: str, kind: str, event_id: str | None = None) -> None:
-        """Send the original bytes with where they came from and why; never raises on bad input."""
-        value = message.value if isinstance(message.value, (bytes, bytearray)) else str(message.value).encode()
+        """Send the original bytes with where they came from and why; never raises on bad input.
+
+        Faust flushes its producer before it commits offsets, so a dead letter is delivered before
+        the offset of its record is committed. A dead letter the broker refuses is logged with the
+        record's position and counted (``towerstream_dead_letter_failures_total``); the agent goes on.
+        """
+        reason = reason[:2000]
+        value = message.value if isinstance(message.value, (bytes, bytearray)) else (
+            b"" if message.value is None else str(message.value).encode())
         key = message.key if isinstance(message.key, (bytes, bytearray)) or message.key is None else str(message.key).encode()
         dl = DeadLetter.from_raw(
             topic=message.topic, partition=message.partition, offset=message.offset, key=key,
@@ -93,7 +120,20 @@ class WorkerRuntime:
         metrics.DEAD_LETTERS.labels(message.topic, kind).inc()
         log.warning("dead_letter", topic=message.topic, partition=message.partition, offset=message.offset,
                     event_id=event_id, kind=kind, reason=reason[:300])
-        await self.dead_letter_topic.send(key=key, value=encode(dl))
+        where = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+
+        def delivered(fut: Any) -> None:
+            if not fut.cancelled() and fut.exception() is not None:
+                metrics.DEAD_LETTER_FAILURES.inc()
+                log.error("dead_letter_not_delivered", error=repr(fut.exception())[:300], **where)
+
+        try:
+            fut = await self.dead_letter_topic.send(key=key, value=encode(dl))
+        except Exception as exc:  # noqa: BLE001 - e.g. a record over the producer's size limit
+            metrics.DEAD_LETTER_FAILURES.inc()
+            log.error("dead_letter_not_sent", error=repr(exc)[:300], **where)
+        else:
+            fut.add_done_callback(delivered)
 
     async def checkpoint(self) -> None:
         if self.engine is None:

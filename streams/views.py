@@ -54,7 +54,12 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
         length = request.content_length
         if length is not None and length > s.max_request_bytes:
             raise HttpError(413, f"body of {length} bytes exceeds {s.max_request_bytes}")
-        raw = await request.content.read(s.max_request_bytes + 1)  # type: ignore[attr-defined]
+        raw = bytearray()  # read() returns what has arrived so far, not the whole body: loop to EOF
+        while len(raw) <= s.max_request_bytes:
+            chunk = await request.content.read(s.max_request_bytes + 1 - len(raw))  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            raw += chunk
         if len(raw) > s.max_request_bytes:
             raise HttpError(413, f"body exceeds {s.max_request_bytes} bytes")
         if not raw:
@@ -63,6 +68,8 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise HttpError(400, "body is not JSON we accept: nested too deeply") from None
 
     def guarded(path: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         async def handler(self: View, request: Request, **kw: Any) -> Response:
@@ -157,12 +164,17 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
                 raise HttpError(422, f"{len(errors)} of {len(docs)} events are invalid; none were sent",
                                 errors=errors[:20])
             topic = topics[topic_name]
-            try:
+
+            async def deliver() -> None:
                 futs = [await topic.send(key=key_of(e).encode(), value=encode(e),
                                          timestamp=e.ts.timestamp()) for e in events]  # type: ignore[attr-defined]
-                await asyncio.wait_for(asyncio.gather(*futs), timeout=10)
+                await asyncio.gather(*futs)
+
+            try:  # the deadline covers queueing too: a send can wait on metadata from a paused broker
+                await asyncio.wait_for(deliver(), timeout=10)
             except Exception as exc:  # noqa: BLE001 - broker trouble is a 503, not a 500
-                raise HttpError(503, f"could not deliver to Kafka: {type(exc).__name__}") from None
+                raise HttpError(503, f"could not deliver to Kafka in 10 s ({type(exc).__name__}); some events may "
+                                     "have been delivered: resending them is safe (duplicates are dropped)") from None
             return self.json({"accepted": len(events), "topic": s.topic(topic_name)}, status=202)
 
         return post
@@ -180,7 +192,8 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
         if engine is not None:
             body.update(engine.stats())
         ok = runtime.ready and runtime.kafka_up
-        body["status"] = "ok" if ok else ("starting" if not runtime.ready else "kafka unreachable")
+        starting = "starting" if engine is None or engine.status == "loading" else engine.status
+        body["status"] = "ok" if ok else (starting if not runtime.ready else "kafka unreachable")
         return self.json(body, status=200 if ok else 503)
 
     def view(path: str, **methods: Callable[..., Any]) -> None:

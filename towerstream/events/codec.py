@@ -39,7 +39,9 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _check_size(raw: bytes | str) -> None:
+def _check_size(raw: bytes | str | None) -> None:
+    if raw is None:
+        raise InvalidEvent("record has no value (a tombstone); events are never deleted by tombstones", "empty")
     if len(raw) == 0:
         raise InvalidEvent("empty record value", "empty")
     if len(raw) > MAX_EVENT_BYTES:
