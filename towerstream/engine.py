@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import structlog
+import torch
 
 from index_store import CheckpointError, MetaStore, VectorIndex, load_latest_checkpoint, save_checkpoint
 from towers import TowerConfig, TwoTowerTrainer
@@ -40,6 +41,10 @@ class EngineConfig:
     index_kind: Literal["auto", "flat", "ivf"] = "auto"
     expected_items: int = 100_000
     index_threads: int = 1
+    #: Intra-op threads for PyTorch (process-wide; 0 leaves torch's default, one per core). 1 because
+    #: on a 2-core worker the event loop needs the other core, and on a busy machine a 2-thread
+    #: OpenMP op waits whole scheduler ticks: a 512-event train step took 5x longer with 2 threads.
+    torch_threads: int = 1
     #: At most this many recent items per user are excluded as "seen".
     seen_limit: int = 2000
     #: Half-life, in interactions, of the popularity used for fallbacks.
@@ -109,6 +114,8 @@ class Engine:
         self.store = MetaStore(self.data_dir / "meta")
         self.items = self.store.id_map("item")
         self.users = self.store.id_map("user")
+        if self.config.torch_threads > 0:
+            torch.set_num_threads(self.config.torch_threads)
         self.trainer = TwoTowerTrainer(self.config.tower)
         kind = self.config.index_kind
         if kind == "auto":
