@@ -162,9 +162,15 @@ class Engine:
             return
         if loaded is not None:
             info, index, blobs = loaded
-            self.trainer.load_state_bytes(blobs["towers"])
+            try:
+                self.trainer.load_state_bytes(blobs["towers"])
+                state = pickle.loads(blobs["engine"])
+            except Exception as exc:  # noqa: BLE001 - e.g. towers of another shape: rebuild, don't crash
+                log.error("checkpoint_incompatible", path=str(info.path), error=f"{type(exc).__name__}: {exc}"[:1000])
+                self.trainer = TwoTowerTrainer(self.config.tower)
+                self._rebuild_from_store()
+                return
             self.index = index
-            state = pickle.loads(blobs["engine"])
             self.model_version = state["model_version"]
             self.popularity = state["popularity"]
             self.seen = {u: array.array("q", v) for u, v in state["seen"].items()}

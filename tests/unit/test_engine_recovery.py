@@ -146,3 +146,12 @@ def test_popular_tolerates_arrays_growing_concurrently(tmp_path: Path) -> None:
     eng.live[:5] = True
     assert [r for r, _ in eng.popular(3)] == [4, 3, 2]
     eng.close()
+
+
+def test_checkpoint_of_towers_with_another_shape_is_rebuilt_not_fatal(tmp_path: Path) -> None:
+    _, live = build(tmp_path)
+    wider = EngineConfig(tower=TowerConfig(dim=24, hidden=32, uniform_negatives=16, seed=1))
+    eng = Engine.open(tmp_path, wider)  # e.g. a model upgrade meets an old checkpoint
+    assert eng.ready and live_ids(eng) == live
+    assert eng.index.dim == 24 and eng.recommend("u1", 3).source == "model"
+    eng.close()
