@@ -126,6 +126,9 @@ class Engine:
         self.popularity = np.zeros(1024, dtype=np.float64)
         self.seen: dict[int, array.array[int]] = {}
         self.item_ts: dict[int, int] = {}  # row -> event time (ms) of the content in the index
+        #: Filter attributes read from item records: row -> (event time, categories, creator). An entry
+        #: counts only while its event time equals ``item_ts[row]``; bounded (cleared when full).
+        self._attrs: dict[int, tuple[int, frozenset[str], str | None]] = {}
         self.live = np.zeros(1024, dtype=bool)
         self.ready = False
         #: What the engine is doing while not ready ("loading", "rebuilding index"), then "ready".
@@ -382,6 +385,7 @@ class Engine:
             self.live[rows] = True
             for r, e in zip(rows.tolist(), ups):
                 self.item_ts[r] = epoch_ms(e.ts)
+                self._attrs.pop(r, None)
         if dels:
             rows = self.items.get_or_create([e.item_id for e in dels])
             self._ensure_rows(int(rows.max()))
@@ -593,16 +597,28 @@ class Engine:
     def _passes(self, row: int, filters: Filters | None, excluded_ids: set[str]) -> bool:
         if filters is None or not (filters.include_categories or filters.exclude_categories or filters.exclude_creators):
             return True
-        rec = self.item_record(self.items.external([row])[0])
-        if rec is None or rec.get("deleted"):
+        # A RocksDB read + JSON parse per candidate cost 4 us; a filtered query that widens over a
+        # 20k catalog took 215 ms. Cached attributes are used only while they match the content
+        # in the index (same event time), so a read racing an upsert never sticks.
+        ts = self.item_ts.get(row)
+        cached = self._attrs.get(row)
+        if cached is not None and cached[0] == ts:
+            _, cats, creator = cached
+        else:
+            rec = self.item_record(self.items.external([row])[0])
+            if rec is None or rec.get("deleted"):
+                return False
+            ev = rec["event"]
+            cats, creator = frozenset(ev.get("categories", [])), ev.get("creator")
+            if rec.get("ts") == ts:
+                if len(self._attrs) >= 500_000:
+                    self._attrs.clear()
+                self._attrs[row] = (ts, cats, creator)
+        if filters.include_categories and cats.isdisjoint(filters.include_categories):
             return False
-        ev = rec["event"]
-        cats = set(ev.get("categories", []))
-        if filters.include_categories and not cats & set(filters.include_categories):
+        if filters.exclude_categories and not cats.isdisjoint(filters.exclude_categories):
             return False
-        if filters.exclude_categories and cats & set(filters.exclude_categories):
-            return False
-        return not (filters.exclude_creators and ev.get("creator") in set(filters.exclude_creators))
+        return not (filters.exclude_creators and creator in filters.exclude_creators)
 
     def recommend_many(
         self,
