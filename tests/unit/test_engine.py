@@ -182,3 +182,17 @@ def test_learning_beats_popularity_on_planted_clusters(tmp_path: Path) -> None:
         model_hits += sum(i % spec.clusters == u % spec.clusters for i in model)
         pop_hits += sum(int(eng.items.external([r])[0][1:]) % spec.clusters == u % spec.clusters for r in pop)
     assert model_hits > 3 * pop_hits, (model_hits, pop_hits)
+
+
+def test_rocksdb_records_the_model_version_of_each_vector(tmp_path: Path) -> None:
+    eng = Engine.open(tmp_path, SMALL)
+    eng.apply_items([item(i) for i in range(6)])
+    assert {eng.vector_version(f"i{i}") for i in range(6)} == {0}
+    eng.learn([click(1, 1, 1), click(2, 2, 2)])
+    eng.learn([click(3, 1, 3)])
+    assert eng.model_version == 2
+    assert [eng.vector_version(f"i{i}") for i in range(5)] == [0, 1, 1, 2, 0]
+    eng.reembed_all()
+    assert {eng.vector_version(f"i{i}") for i in range(6)} == {2}
+    eng.apply_items([ItemDelete(op="delete", item_id="i5", ts=1_700_000_001_000)])
+    assert eng.vector_version("i5") is None and eng.vector_version("nope") is None
