@@ -16,6 +16,7 @@ KIND_WEIGHTS: dict[str, float] = {
 
 @dataclass(frozen=True)
 class TowerConfig:
+    #: Index dimension: dim-1 learned, L2-normalised coordinates + 1 serving bias channel.
     dim: int = 64
     hidden: int = 128
     #: Hash buckets for text tokens, categories/creators, and user/context features.
@@ -40,8 +41,16 @@ class TowerConfig:
     uniform_negatives: int = 128
     #: Streaming logQ correction of in-batch negatives (Yi et al. 2019).
     logq: bool = True
+    #: Fraction of the logQ correction applied (1 = Yi et al.; < 1 leaves some popularity penalty in).
+    logq_strength: float = 1.0
     freq_hash_size: int = 1 << 20
     freq_alpha: float = 0.05
+    #: Serving-time optimism for few-interaction items: score ~ cosine + explore_bonus / (1 + count) ** explore_power.
+    explore_bonus: float = 0.0
+    #: Decay of the bonus with the item's interaction count n: bonus / (1 + n) ** power (0.5: UCB-like).
+    explore_power: float = 0.5
+    #: Let uniform negatives update their own id embeddings (off: only content and towers learn from them).
+    negative_id_grad: bool = True
     #: Mask in-batch candidates that the same user also took in this batch (true positives, not negatives).
     mask_same_user: bool = True
     #: Gradient steps per micro-batch; each step sees the batch plus a replay sample.

@@ -39,7 +39,8 @@ class DynamicEmbedding(nn.Module):
 class TwoTowerModel(nn.Module):
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
-        d, h = cfg.dim, cfg.hidden
+        # The last of ``cfg.dim`` coordinates is the serving bias channel (see the trainer's embed_*).
+        d, h = cfg.dim - 1, cfg.hidden
         self.item_id = DynamicEmbedding(cfg.initial_capacity, d, std=cfg.id_init_std)
         self.user_id = DynamicEmbedding(cfg.initial_capacity, d, std=cfg.id_init_std)
         self.text = nn.EmbeddingBag(cfg.text_buckets, d, mode="mean", padding_idx=0, sparse=True)
@@ -70,9 +71,19 @@ class TwoTowerModel(nn.Module):
         creator: torch.Tensor,
         nums: torch.Tensor,
         id_keep: torch.Tensor | None = None,
+        id_trainable: int | None = None,
     ) -> torch.Tensor:
-        """(N,) rows + content -> (N, D) pre-MLP item representation."""
-        ids = self.item_id(rows)
+        """(N,) rows + content -> (N, D) pre-MLP item representation.
+
+        ``id_trainable``: only the first n rows' id embeddings get gradients (the rest are
+        sampled negatives: with Adam, a rare item drawn as a negative would otherwise take a
+        full-size step away from everyone each time it is drawn).
+        """
+        if id_trainable is None or id_trainable >= len(rows):
+            ids = self.item_id(rows)
+        else:
+            ids = torch.cat([self.item_id(rows[:id_trainable]),
+                             F.embedding(rows[id_trainable:], self.item_id.weight.detach())])
         if id_keep is not None:
             ids = ids * id_keep.unsqueeze(1)
         content = self.text(tokens) + self.cats(cats) + self.num(nums)

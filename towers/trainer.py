@@ -83,6 +83,8 @@ class TwoTowerTrainer:
         self.item_creator = np.zeros(cap, dtype=np.int64)
         self.item_nums = np.zeros((cap, config.num_slots), dtype=np.float32)
         self.item_live = np.zeros(cap, dtype=bool)
+        #: Interactions learned per item row: drives the exploration bonus of few-interaction items.
+        self.item_count = np.zeros(cap, dtype=np.int64)
         self.user_feats = np.zeros((cap, config.max_feats), dtype=np.int64)
         self.user_hist = np.full((cap, config.history_len), -1, dtype=np.int64)
         self.user_hist_n = np.zeros(cap, dtype=np.int64)
@@ -136,6 +138,7 @@ class TwoTowerTrainer:
             self.item_creator = _grow(self.item_creator, new_cap, 0)
             self.item_nums = _grow(self.item_nums, new_cap, 0.0)
             self.item_live = _grow(self.item_live, new_cap, False)
+            self.item_count = _grow(self.item_count, new_cap, 0)
         self._grow_embedding(self.model.item_id, needed)
 
     def ensure_users(self, max_row: int) -> None:
@@ -249,10 +252,12 @@ class TwoTowerTrainer:
     def _t(self, arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
 
-    def _item_base(self, rows: np.ndarray, id_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def _item_base(
+        self, rows: np.ndarray, id_keep: torch.Tensor | None = None, id_trainable: int | None = None
+    ) -> torch.Tensor:
         return self.model.item_base(
             self._t(rows), self._t(self.item_tokens[rows]), self._t(self.item_cats[rows]),
-            self._t(self.item_creator[rows]), self._t(self.item_nums[rows]), id_keep,
+            self._t(self.item_creator[rows]), self._t(self.item_nums[rows]), id_keep, id_trainable,
         )
 
     def _user_vectors(
@@ -294,6 +299,7 @@ class TwoTowerTrainer:
         w = np.ones(b, dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
         hist = self._histories_for(user_rows, item_rows)
         self.freq.update(item_rows)
+        np.add.at(self.item_count, item_rows, 1)
         losses = []
         for _ in range(max(cfg.steps_per_batch, 1)):
             u, i, ww, h = user_rows, item_rows, w, hist
@@ -311,17 +317,17 @@ class TwoTowerTrainer:
         return float(np.mean(losses))
 
     def _remember(self, user_rows: np.ndarray, item_rows: np.ndarray, w: np.ndarray, hist: np.ndarray) -> None:
-        """Reservoir sampling (Vitter's algorithm R) of events for replay."""
+        """Reservoir sampling (Vitter's algorithm R) of events for replay, vectorised over the batch."""
         cap = len(self.replay_users)
         if cap == 0:
             return
-        for j in range(len(user_rows)):
-            n = self.replay_n
-            slot = n if n < cap else int(self.rng.integers(0, n + 1))
-            if slot < cap:
-                self.replay_users[slot], self.replay_items[slot] = user_rows[j], item_rows[j]
-                self.replay_weights[slot], self.replay_hist[slot] = w[j], hist[j]
-            self.replay_n += 1
+        n = self.replay_n + np.arange(len(user_rows))
+        slots = np.where(n < cap, n, self.rng.integers(0, n + 1))
+        keep = slots < cap  # a slot drawn twice keeps the later event, as the sequential algorithm would
+        s = slots[keep]
+        self.replay_users[s], self.replay_items[s] = user_rows[keep], item_rows[keep]
+        self.replay_weights[s], self.replay_hist[s] = w[keep], hist[keep]
+        self.replay_n += len(user_rows)
 
     def _step(
         self,
@@ -340,7 +346,8 @@ class TwoTowerTrainer:
         negs = live[self.rng.integers(0, len(live), size=m)] if m > 0 else np.zeros(0, dtype=np.int64)
         cand = np.concatenate([item_rows, negs])
         keep = (self.rng.random(len(cand)) >= cfg.id_dropout).astype(np.float32)
-        items = self.model.item_out(self._item_base(cand, self._t(keep)))  # (B+M, D)
+        n_id = None if cfg.negative_id_grad else b
+        items = self.model.item_out(self._item_base(cand, self._t(keep), n_id))  # (B+M, D)
         users = self._user_vectors(user_rows, hist, contexts)  # (B, D)
         logits = (users @ items.T) * self.model.inv_temperature()  # (B, B+M)
         correction = np.zeros(len(cand), dtype=np.float32)
@@ -348,7 +355,7 @@ class TwoTowerTrainer:
             correction[:b] = self.freq.log_prob(item_rows)
             if m > 0:
                 correction[b:] = np.log(m / len(live))
-        logits = logits - self._t(correction)
+        logits = logits - self._t(correction * cfg.logq_strength)
         # Accidental hits: the positive item elsewhere in the candidates, and (optionally) other
         # items this user took in the batch, which are positives for the row, not negatives.
         hit = cand[None, :] == item_rows[:, None]
@@ -375,26 +382,44 @@ class TwoTowerTrainer:
             self.user_hist[u, self.user_hist_n[u] % n_hist] = i
             self.user_hist_n[u] += 1
 
+    def exploration_bonus(self, rows: np.ndarray) -> np.ndarray:
+        """(N,) -> (N,) optimism for items with few interactions: ``bonus / (1 + count) ** power``.
+
+        A new item's id embedding has not been trained yet, so its score is uncertain and,
+        next to items with thousands of updates, biased low; this UCB-style bonus lets items
+        that content places near the user into the list until interactions speak for them.
+        """
+        n = self.item_count[rows].astype(np.float64)
+        return (self.cfg.explore_bonus / (1.0 + n) ** self.cfg.explore_power).astype(np.float32)
+
     @torch.no_grad()
     def embed_items(self, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
-        """(N,) item rows -> (N, D) float32, L2-normalised."""
+        """(N,) item rows -> (N, D) float32, unit norm: ``[sqrt(1 - b^2) * v, b]``, b the exploration bonus.
+
+        With users ``[u, 1] / sqrt(2)``, inner product ranks by ``sqrt(1 - b^2) * cos(u, v) + b``.
+        """
         self.model.eval()
         if len(rows) == 0:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_items(int(rows.max()))
         out = [self.model.item_out(self._item_base(rows[s : s + chunk])).cpu().numpy()
                for s in range(0, len(rows), chunk)]
-        return np.concatenate(out).astype(np.float32, copy=False)
+        vecs = np.concatenate(out).astype(np.float32, copy=False)
+        bonus = np.clip(self.exploration_bonus(rows), 0.0, 0.99)[:, None]
+        # Unit norm kept: the bonus tilts the vector towards the users' constant coordinate.
+        return np.concatenate([vecs * np.sqrt(1.0 - bonus**2), bonus], axis=1)
 
     @torch.no_grad()
     def embed_users(self, user_rows: np.ndarray, contexts: Sequence[Mapping[str, object]] | None = None) -> np.ndarray:
-        """(B,) user rows -> (B, D) float32, L2-normalised."""
+        """(B,) user rows -> (B, D) float32, unit norm: ``[u, 1] / sqrt(2)`` (the last is the bias channel)."""
         self.model.eval()
         if len(user_rows) == 0:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_users(int(user_rows.max()))
         hist = self._ordered_history(user_rows)
-        return self._user_vectors(user_rows, hist, contexts).cpu().numpy().astype(np.float32, copy=False)
+        vecs = self._user_vectors(user_rows, hist, contexts).cpu().numpy().astype(np.float32, copy=False)
+        half = np.float32(np.sqrt(0.5))
+        return np.concatenate([vecs * half, np.full((len(vecs), 1), half, dtype=np.float32)], axis=1)
 
     # ----- persistence ---------------------------------------------------------------------
     def state_bytes(self) -> bytes:
@@ -404,7 +429,7 @@ class TwoTowerTrainer:
             "opt_dense": self.opt_dense.state_dict(),
             "tables": {
                 name: getattr(self, name)
-                for name in ("item_tokens", "item_cats", "item_creator", "item_nums", "item_live",
+                for name in ("item_tokens", "item_cats", "item_creator", "item_nums", "item_live", "item_count",
                              "user_feats", "user_hist", "user_hist_n",
                              "replay_users", "replay_items", "replay_weights", "replay_hist", "replay_n")
             },

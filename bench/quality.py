@@ -1,0 +1,185 @@
+"""Learning quality on MovieLens-100k: towerstream against the streaming baselines, same run, same protocol.
+
+    .venv/bin/python bench/quality.py                 # towerstream (logQ on/off), popularity, EASE, FunkMF
+    .venv/bin/python bench/quality.py --ablations     # + one row per design choice switched off
+    .venv/bin/python bench/quality.py --data REC.jsonl  # any recording instead of ml-100k
+
+Protocol (towerstream.evaluation): every rating is an interaction, stable timestamp order, first
+50% warm-up, last 50% test-then-train, full ranking over the catalog, top-10 excluding the user's
+earlier items. towerstream runs the worker's Engine (RocksDB, Faiss, micro-batches of
+``Settings.batch_max``); the baselines update per event. ml-100k is taken from RecBole's wheel
+(``pip download --no-deps recbole==1.2.1``) and cached under ``bench/.cache/``. Results go to
+``bench/results/quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.baselines import EASE, Popularity, RiverMF  # noqa: E402
+from towerstream.cli_evaluate import engine_config_for, evaluate_engine  # noqa: E402
+from towerstream.datasets import convert_movielens  # noqa: E402
+from towerstream.evaluation import EvalReport, evaluate  # noqa: E402
+from towerstream.recording import RecordedRecord, iter_recording  # noqa: E402
+from towerstream.settings import Settings  # noqa: E402
+
+CACHE = ROOT / "bench" / ".cache"
+RECBOLE = "recbole==1.2.1"
+
+#: Design choices switched off one at a time (``--ablations``): name -> TowerConfig overrides.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no replay reservoir": {"replay_size": 0, "replay_per_step": 0},
+    "no same-user masking": {"mask_same_user": False},
+    "no id dropout": {"id_dropout": 0.0},
+    "temperature 0.05": {"temperature": 0.05},
+    "uniform recency (mean pool)": {"recency_init": 0.0},
+    "no uniform negatives": {"uniform_negatives": 0},
+}
+
+
+def fetch_movielens() -> Path:
+    """ml-100k recording, built once from RecBole's wheel (atomic files) and cached."""
+    out = CACHE / "ml-100k.jsonl"
+    if out.exists():
+        return out
+    src = CACHE / "recbole" / "dataset_example" / "ml-100k"
+    if not (src / "ml-100k.inter").exists():
+        wheels = sorted(CACHE.glob("recbole-1.2.1-*.whl"))
+        if not wheels:
+            CACHE.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", RECBOLE, "-d", str(CACHE)], check=True
+            )
+            wheels = sorted(CACHE.glob("recbole-1.2.1-*.whl"))
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extractall(CACHE, [n for n in zf.namelist() if n.startswith("recbole/dataset_example/ml-100k/")])
+    counts = convert_movielens(src, out)
+    print(f"converted ml-100k: {counts}", file=sys.stderr)
+    return out
+
+
+def versions() -> dict[str, str]:
+    import faiss
+    import river
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "faiss": getattr(faiss, "__version__", "?"),
+        "river": river.__version__,
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def run_towerstream(path: Path, seed: int, settings: Settings, **overrides: Any) -> EvalReport:
+    config = engine_config_for(settings, seed)
+    if overrides:
+        config = dataclasses.replace(config, tower=dataclasses.replace(config.tower, **overrides))
+    return evaluate_engine(path, seed=seed, settings=settings, config=config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=None, help="recording (default: ml-100k, fetched and cached)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--warmup", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--ablations", action="store_true", help="also run each design choice switched off")
+    ap.add_argument("--biased-mf", action="store_true", help="also run river BiasedMF")
+    ap.add_argument("--only", default=None, help="comma-separated subset of rows to run (by name)")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    np.random.seed(args.seed)
+    path = args.data or fetch_movielens()
+    records: list[RecordedRecord] = list(iter_recording(path))
+    settings = Settings(device="cpu", seed=args.seed)
+    print(f"machine: {json.dumps(machine())}")
+    print(f"versions: {json.dumps(versions())}")
+    print(f"data: {path} ({len(records)} records), seed {args.seed}, warm-up {args.warmup}, "
+          f"towerstream micro-batch {settings.batch_max}")
+
+    rows: list[tuple[str, Any]] = [
+        ("towerstream", lambda: run_towerstream(path, args.seed, settings)),
+        ("towerstream, no logQ", lambda: run_towerstream(path, args.seed, settings, logq=False)),
+    ]
+    if args.ablations:
+        for name, over in ABLATIONS.items():
+            rows.append((f"towerstream, {name}", lambda over=over: run_towerstream(path, args.seed, settings, **over)))
+
+    def base(model: Any) -> Any:
+        return lambda: evaluate(records, model, warmup=args.warmup)
+
+    rows += [
+        ("popularity", base(Popularity())),
+        ("EASE (refit every 5,000)", base(EASE(lam=400.0, refit_every=5000))),
+        ("river FunkMF (64 f, 32 neg)", base(RiverMF("funk", n_factors=64, n_negatives=32, lr=0.1, seed=args.seed))),
+    ]
+    if args.biased_mf:
+        rows.append(("river BiasedMF (64 f, 32 neg)",
+                     base(RiverMF("biased", n_factors=64, n_negatives=32, lr=0.05, seed=args.seed))))
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        rows = [r for r in rows if r[0] in wanted or r[0].split(" ")[0] in wanted]
+
+    results: dict[str, EvalReport] = {}
+    t_all = time.perf_counter()
+    for name, fn in rows:
+        t0 = time.perf_counter()
+        results[name] = fn()
+        print(f"  {name}: HR@10 {results[name].hr_at_k:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    total = time.perf_counter() - t_all
+
+    ref = next((r for n, r in results.items() if n.startswith("river FunkMF")), None)
+    head = f"{'model':<42}{'HR@10':>8}{'NDCG@10':>9}{'HR@50':>8}{'cold HR@10':>11}{'cov@10':>8}{'ev/s':>8}" \
+           f"{'HR/FunkMF':>10}{'NDCG/FunkMF':>12}"  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        ratio = f"{r.hr_at_k / ref.hr_at_k:10.2f}{r.ndcg_at_k / ref.ndcg_at_k:12.2f}" if ref and ref.hr_at_k else ""
+        print(f"{name:<42}{r.hr_at_k:8.4f}{r.ndcg_at_k:9.4f}{r.hr_at_50:8.4f}{r.cold_hr_at_k:11.4f}"
+              f"{r.coverage_at_k:8.3f}{r.events_per_s:8.0f}{ratio}")
+    print(f"scored events: {next(iter(results.values())).n_scored}, cold: {next(iter(results.values())).n_cold}; "
+          f"total {total:.0f} s")
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "data": str(path), "seed": args.seed, "warmup": args.warmup, "machine": machine(),
+        "versions": versions(), "seconds": total,
+        "results": {n: r.model_dump() for n, r in results.items()},
+    }, indent=2) + "\n")  # fmt: skip
+    print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
