@@ -101,6 +101,8 @@ class VectorIndex:
         # or the trained IVF index.
         self._flat: faiss.IndexIDMap2 | None = _new_flat(dim)
         self._ivf: faiss.IndexIVFFlat | None = None
+        #: id -> position in the flat index's storage, built on demand; None after any removal.
+        self._pos: dict[int, int] | None = None
 
     # ------------------------------------------------------------------ sizing
 
@@ -169,9 +171,23 @@ class VectorIndex:
             existing = [i for i in id_list if i in live]
             index = self._active()
             self._set_threads()
+            if existing and self._ivf is None:
+                # Flat: overwrite stored vectors in place. remove_ids is O(N) (a scan, a compaction
+                # and a full rebuild of IndexIDMap2's reverse map): 3.3 ms for 50 ids at 100k.
+                assert self._flat is not None
+                new = np.fromiter((i not in live for i in id_list), dtype=bool, count=len(id_list))
+                pos = self._positions()
+                store = _flat_storage(self._flat)
+                store[[pos[i] for i in existing]] = xb[~new]
+                ids_, xb = ids_[new], np.ascontiguousarray(xb[new])
+                existing = []
             if existing:
                 _remove(index, np.asarray(existing, dtype=np.int64))
-            index.add_with_ids(xb, ids_)
+            if ids_.shape[0]:
+                start = int(index.ntotal)
+                index.add_with_ids(xb, ids_)
+                if self._pos is not None and self._ivf is None:
+                    self._pos.update(zip(ids_.tolist(), range(start, start + ids_.shape[0])))
             live.update(id_list)
             if self._ivf is None and self.kind == "ivf":
                 self._maybe_train()
@@ -185,6 +201,7 @@ class VectorIndex:
                 return 0
             self._set_threads()
             removed = _remove(self._active(), np.asarray(present, dtype=np.int64))
+            self._pos = None  # flat storage was compacted: positions moved
             if removed != len(present):  # pragma: no cover - would mean _live drifted from Faiss
                 raise IndexStoreError(
                     f"faiss removed {removed} of {len(present)} live ids; index is inconsistent"
@@ -421,6 +438,14 @@ class VectorIndex:
         assert index is not None
         return index
 
+    def _positions(self) -> dict[int, int]:
+        """id -> position in the flat storage (caller holds the lock; O(N) once, then kept up to date)."""
+        if self._pos is None:
+            assert self._flat is not None
+            ids_ = faiss.vector_to_array(self._flat.id_map).astype(np.int64)
+            self._pos = dict(zip(ids_.tolist(), range(ids_.shape[0])))
+        return self._pos
+
     def _set_threads(self) -> None:
         faiss.omp_set_num_threads(self.threads)
 
@@ -469,6 +494,18 @@ class VectorIndex:
 
 def _new_flat(dim: int) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _flat_storage(index: faiss.IndexIDMap2) -> Vectors:
+    """The vectors of an ``IndexIDMap2(IndexFlat)`` as a writable ``(ntotal, d)`` view (no copy).
+
+    Valid until the next add (the storage may move); take it under the lock, use it at once.
+    """
+    flat = _fx.downcast_index(index.index)
+    n, d = int(flat.ntotal), int(flat.d)
+    if n == 0:
+        return np.empty((0, d), dtype=np.float32)
+    return cast(Vectors, _fx.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d))
 
 
 def _as_ids(ids: npt.ArrayLike) -> Ids:
