@@ -29,37 +29,40 @@ class TowerConfig:
     max_cats: int = 12
     max_feats: int = 16
     history_len: int = 50
-    temperature: float = 0.05
+    temperature: float = 0.1
     #: Learn the softmax temperature (log 1/T is a parameter) instead of fixing it.
     learn_temperature: bool = False
     #: Initial recency decay of the history pooling weights (learned afterwards).
-    recency_init: float = 0.05
+    recency_init: float = 0.2
     id_init_std: float = 0.01
-    sparse_lr: float = 0.02
+    sparse_lr: float = 0.002
     dense_lr: float = 0.003
     #: Uniform negatives sampled from the live catalog per step (mixed negatives).
     uniform_negatives: int = 128
     #: Streaming logQ correction of in-batch negatives (Yi et al. 2019).
     logq: bool = True
     #: Fraction of the logQ correction applied (1 = Yi et al.; < 1 leaves some popularity penalty in).
-    logq_strength: float = 1.0
+    logq_strength: float = 0.8
     freq_hash_size: int = 1 << 20
     freq_alpha: float = 0.05
     #: Serving-time optimism for few-interaction items: score ~ cosine + explore_bonus / (1 + count) ** explore_power.
-    explore_bonus: float = 0.0
+    explore_bonus: float = 0.2
     #: Decay of the bonus with the item's interaction count n: bonus / (1 + n) ** power (0.5: UCB-like).
     explore_power: float = 0.5
     #: Let uniform negatives update their own id embeddings (off: only content and towers learn from them).
-    negative_id_grad: bool = True
+    negative_id_grad: bool = False
     #: Mask in-batch candidates that the same user also took in this batch (true positives, not negatives).
     mask_same_user: bool = True
     #: Gradient steps per micro-batch; each step sees the batch plus a replay sample.
-    steps_per_batch: int = 1
+    steps_per_batch: int = 2
     #: Reservoir of past events (with their histories) replayed alongside each batch; 0 = off.
-    replay_size: int = 0
-    replay_per_step: int = 0
+    replay_size: int = 20_000
+    replay_per_step: int = 512
     #: Probability of dropping the id embedding in training, so content alone must work (cold items).
     id_dropout: float = 0.2
+    #: Loss weight of an event = kind_weights[kind] * event.weight ** event_weight_power. 0 ignores the
+    #: event's own weight (e.g. MovieLens stars: every rating counts as one interaction), 1 uses it as is.
+    event_weight_power: float = 0.0
     kind_weights: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
     seed: int = 0
     device: str = "auto"

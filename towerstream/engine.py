@@ -487,7 +487,8 @@ class Engine:
         self._ensure_rows(int(i.max()))
         unknown = [e.item_id for e, r in zip(events, i.tolist()) if not self.live[r]]
         kw = self.config.tower.kind_weights
-        w = np.array([kw.get(e.kind, 1.0) * e.weight for e in events], dtype=np.float32)
+        p = self.config.tower.event_weight_power
+        w = np.array([kw.get(e.kind, 1.0) * e.weight**p for e in events], dtype=np.float32)
         contexts = [e.context for e in events] if any(e.context for e in events) else None
         loss = self.trainer.learn_batch(u, i, w, contexts)
         self.model_version += 1
