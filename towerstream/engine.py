@@ -50,6 +50,10 @@ class EngineConfig:
     #: Half-life, in interactions, of the popularity used for fallbacks.
     popularity_half_life: float = 20_000.0
     checkpoints_kept: int = 2
+    #: Live items re-embedded after each learned batch besides the touched ones, round robin: the
+    #: towers move with every step, so untouched vectors age (new items most, which were embedded
+    #: by untrained towers). 0 leaves it to the periodic ``reembed_all``.
+    reembed_per_learn: int = 2048
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ class Engine:
         self.lock = threading.RLock()
         #: Event ids added to history by ``observe`` and not yet learned.
         self._observed: set[str] = set()
+        self._reembed_cursor = 0
         self._anon_row = int(self.users.get_or_create([ANONYMOUS_USER])[0])
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -508,7 +513,21 @@ class Engine:
             for e, r in zip(events, i.tolist()):
                 newest[r] = epoch_ms(e.ts)
             lags = [now_ms - newest[r] for r in touched.tolist()]
+        self._reembed_rolling(touched)
         return 0.0 if loss != loss else loss, unknown, lags
+
+    def _reembed_rolling(self, skip: np.ndarray) -> None:
+        """Re-embed the next ``config.reembed_per_learn`` live rows (round robin), ``skip`` excepted."""
+        n = self.config.reembed_per_learn
+        rows = np.flatnonzero(self.live)
+        if n <= 0 or len(rows) == 0:
+            return
+        start = self._reembed_cursor % len(rows)
+        part = np.take(rows, np.arange(start, start + min(n, len(rows))), mode="wrap")
+        part = np.setdiff1d(part, skip)
+        if len(part):
+            self.index.upsert(part, self.trainer.embed_items(part))
+        self._reembed_cursor = start + n
 
     # ----- event-time ordered ingestion (deterministic replays) --------------------------------
     def stage(
