@@ -134,6 +134,7 @@ class Engine:
         #: counts only while its event time equals ``item_ts[row]``; bounded (cleared when full).
         self._attrs: dict[int, tuple[int, frozenset[str], str | None]] = {}
         self.live = np.zeros(1024, dtype=bool)
+        self.vector_versions = np.zeros(1024, dtype=np.int64)
         self.ready = False
         #: What the engine is doing while not ready ("loading", "rebuilding index"), then "ready".
         self.status = "loading"
@@ -184,6 +185,7 @@ class Engine:
             self.seen = {u: array.array("q", v) for u, v in state["seen"].items()}
             self.item_ts = state["item_ts"]
             self.live = state["live"]
+            self.vector_versions = state.get("vector_versions", np.zeros(len(self.live), dtype=np.int64))
             self.trained_in_model = state.get("trained_in_model", 0)
             self.offsets = dict(info.meta.get("offsets", {}))
             self.seq = info.seq
@@ -278,6 +280,7 @@ class Engine:
                     "seen": {u: v.tolist() for u, v in self.seen.items()},
                     "item_ts": self.item_ts,
                     "live": self.live,
+                    "vector_versions": self.vector_versions,
                     "trained_in_model": self.trained_in_model,
                 }),
             }
@@ -288,6 +291,7 @@ class Engine:
             )
             snap = seq.to_bytes(8, "big") + self.popularity.astype(np.float64).tobytes()
         self.store.put_bytes(_POPULARITY_KEY, snap)
+        self.store.put_bytes("vector_versions", self.vector_versions.tobytes())
         # Keep the journal back to the oldest kept checkpoint: if the newest one turns out
         # unreadable, the previous one plus the journal still gives every acknowledged event.
         kept = sorted(int(p.name[5:]) for p in info.path.parent.glob("ckpt-" + "[0-9]" * 16))
@@ -305,6 +309,8 @@ class Engine:
             cap = max(max_row + 1, len(self.live) * 2)
             self.live = np.concatenate([self.live, np.zeros(cap - len(self.live), dtype=bool)])
             self.popularity = np.concatenate([self.popularity, np.zeros(cap - len(self.popularity))])
+            self.vector_versions = np.concatenate(
+                [self.vector_versions, np.zeros(cap - len(self.vector_versions), dtype=np.int64)])
 
     def _journal(self, batch: Any, kind: str, events: Sequence[Any], sources: Sequence[SourcePos | None] | None) -> None:
         self.seq += 1
@@ -386,7 +392,7 @@ class Engine:
             rows = self.items.get_or_create([e.item_id for e in ups])
             self._ensure_rows(int(rows.max()))
             self.trainer.set_items(rows, ups)
-            self.index.upsert(rows, self.trainer.embed_items(rows))
+            self._upsert_vectors(rows, self.trainer.embed_items(rows))
             self.live[rows] = True
             for r, e in zip(rows.tolist(), ups):
                 self.item_ts[r] = epoch_ms(e.ts)
@@ -446,12 +452,6 @@ class Engine:
             self.users.get_or_create([e.user_id for e in fresh], batch=batch)
             self.items.get_or_create([e.item_id for e in fresh], batch=batch)
             self.store.incr("trained", len(fresh), batch=batch)
-            # Touched live items get new vectors from this step: stamp the version that makes them.
-            stamp = str(self.model_version + 1).encode()
-            for item_id in {e.item_id for e in fresh}:
-                row = self.items.get(item_id)
-                if row is not None and self._is_live(row):
-                    self.store.put_bytes("vv:" + item_id, stamp, batch=batch)
             self._journal(batch, "interactions", fresh, fresh_src)
             self.store.write(batch)
             with self.lock:
@@ -507,7 +507,7 @@ class Engine:
         touched = np.unique(i[self.live[i]])
         lags: list[float] = []
         if len(touched):
-            self.index.upsert(touched, self.trainer.embed_items(touched))
+            self._upsert_vectors(touched, self.trainer.embed_items(touched))
             now_ms = time.time() * 1000
             newest = {}
             for e, r in zip(events, i.tolist()):
@@ -526,7 +526,7 @@ class Engine:
         part = np.take(rows, np.arange(start, start + min(n, len(rows))), mode="wrap")
         part = np.setdiff1d(part, skip)
         if len(part):
-            self.index.upsert(part, self.trainer.embed_items(part))
+            self._upsert_vectors(part, self.trainer.embed_items(part))
         self._reembed_cursor = start + n
 
     # ----- event-time ordered ingestion (deterministic replays) --------------------------------
@@ -608,21 +608,25 @@ class Engine:
             part = rows[s : s + chunk]
             with self.lock:
                 vecs = self.trainer.embed_items(part)
-            self.index.upsert(part, vecs)
-        self.store.put_bytes("vv_all", str(self.model_version).encode())
+            with self.lock:
+                self._upsert_vectors(part, vecs)
         return len(rows)
 
+    def _upsert_vectors(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Every index write goes through here, so each vector's model version is known."""
+        self.index.upsert(rows, vectors)
+        self.vector_versions[rows] = self.model_version
+
     def vector_version(self, item_id: str) -> int | None:
-        """Model version of the towers that produced the item's indexed vector (from RocksDB)."""
-        rec = self.item_record(item_id)
-        if rec is None or rec.get("deleted"):
+        """Model version of the towers that produced the item's indexed vector.
+
+        Kept per row in memory, written to RocksDB (``vector_versions``) and the checkpoint at
+        every checkpoint; the journal replay after a restart recomputes the rest.
+        """
+        row = self.items.get(item_id)
+        if row is None or not self._is_live(row):
             return None
-        versions = [int(rec.get("model_version", 0))]
-        for key in ("vv:" + item_id, "vv_all"):
-            raw = self.store.get_bytes(key)
-            if raw:
-                versions.append(int(raw))
-        return max(versions)
+        return int(self.vector_versions[row])
 
     def popular(self, k: int, exclude: set[int] | None = None) -> list[tuple[int, float]]:
         live, pop = self.live, self.popularity  # either may be swapped for a longer array meanwhile
