@@ -42,14 +42,20 @@ from towerstream.settings import Settings  # noqa: E402
 CACHE = ROOT / "bench" / ".cache"
 RECBOLE = "recbole==1.2.1"
 
-#: Design choices switched off one at a time (``--ablations``): name -> TowerConfig overrides.
+#: Design choices switched off one at a time (``--ablations``): name -> TowerConfig overrides
+#: (keys starting with ``engine.`` go to EngineConfig).
 ABLATIONS: dict[str, dict[str, Any]] = {
+    "no exploration bonus": {"explore_bonus": 0.0},
+    "no rolling re-embed": {"engine.reembed_per_learn": 0},
+    "full logQ (strength 1)": {"logq_strength": 1.0},
     "no replay reservoir": {"replay_size": 0, "replay_per_step": 0},
-    "no same-user masking": {"mask_same_user": False},
-    "no id dropout": {"id_dropout": 0.0},
+    "1 step per batch": {"steps_per_batch": 1},
+    "mean pooling (no recency)": {"recency_init": 0.0},
     "temperature 0.05": {"temperature": 0.05},
-    "uniform recency (mean pool)": {"recency_init": 0.0},
-    "no uniform negatives": {"uniform_negatives": 0},
+    "sparse lr 0.02": {"sparse_lr": 0.02},
+    "negatives update their ids": {"negative_id_grad": True},
+    "no same-user masking": {"mask_same_user": False},
+    "ratings as weights": {"event_weight_power": 1.0},
 }
 
 
@@ -100,9 +106,11 @@ def machine() -> dict[str, Any]:
 
 
 def run_towerstream(path: Path, seed: int, settings: Settings, **overrides: Any) -> EvalReport:
+    """The worker's Engine over ``path``; ``overrides``: TowerConfig fields, or ``engine.<field>``."""
     config = engine_config_for(settings, seed)
-    if overrides:
-        config = dataclasses.replace(config, tower=dataclasses.replace(config.tower, **overrides))
+    engine_over = {k[len("engine."):]: v for k, v in overrides.items() if k.startswith("engine.")}
+    tower_over = {k: v for k, v in overrides.items() if not k.startswith("engine.")}
+    config = dataclasses.replace(config, tower=dataclasses.replace(config.tower, **tower_over), **engine_over)
     return evaluate_engine(path, seed=seed, settings=settings, config=config)
 
 
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--ablations", action="store_true", help="also run each design choice switched off")
     ap.add_argument("--biased-mf", action="store_true", help="also run river BiasedMF")
-    ap.add_argument("--only", default=None, help="comma-separated subset of rows to run (by name)")
+    ap.add_argument("--skip-baselines", action="store_true", help="towerstream rows only (e.g. with --ablations)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     args = ap.parse_args(argv)
 
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     def base(model: Any) -> Any:
         return lambda: evaluate(records, model, warmup=args.warmup)
 
-    rows += [
+    rows += [  # the baselines update per event (their best form), see bench/baselines.py
         ("popularity", base(Popularity())),
         ("EASE (refit every 5,000)", base(EASE(lam=400.0, refit_every=5000))),
         ("river FunkMF (64 f, 32 neg)", base(RiverMF("funk", n_factors=64, n_negatives=32, lr=0.1, seed=args.seed))),
@@ -147,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.biased_mf:
         rows.append(("river BiasedMF (64 f, 32 neg)",
                      base(RiverMF("biased", n_factors=64, n_negatives=32, lr=0.05, seed=args.seed))))
-    if args.only:
-        wanted = {w.strip() for w in args.only.split(",")}
-        rows = [r for r in rows if r[0] in wanted or r[0].split(" ")[0] in wanted]
+    if args.skip_baselines:
+        rows = [r for r in rows if r[0].startswith("towerstream")]
 
     results: dict[str, EvalReport] = {}
     t_all = time.perf_counter()

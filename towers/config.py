@@ -36,9 +36,9 @@ class TowerConfig:
     recency_init: float = 0.2
     id_init_std: float = 0.01
     sparse_lr: float = 0.002
-    dense_lr: float = 0.003
+    dense_lr: float = 0.001
     #: Uniform negatives sampled from the live catalog per step (mixed negatives).
-    uniform_negatives: int = 128
+    uniform_negatives: int = 512
     #: Streaming logQ correction of in-batch negatives (Yi et al. 2019).
     logq: bool = True
     #: Fraction of the logQ correction applied (1 = Yi et al.; < 1 leaves some popularity penalty in).

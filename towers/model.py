@@ -57,7 +57,10 @@ class TwoTowerModel(nn.Module):
         decay = cfg.recency_init
         self.pos_logit = nn.Parameter(torch.tensor([-decay * p for p in range(cfg.history_len)]))
         self.user_mlp = nn.Sequential(nn.Linear(3 * d, h), nn.ReLU(), nn.Linear(h, d))
-        self.user_mlp[-1].weight.data.mul_(0.1)
+        last = self.user_mlp[2]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():
+            last.weight.mul_(0.1)  # start close to "pooled history + id": the MLP learns a correction
         #: log(1 / temperature), learned when ``cfg.learn_temperature``.
         self.log_inv_temp = nn.Parameter(
             torch.tensor(math.log(1.0 / cfg.temperature)), requires_grad=cfg.learn_temperature
@@ -88,7 +91,8 @@ class TwoTowerModel(nn.Module):
             ids = ids * id_keep.unsqueeze(1)
         content = self.text(tokens) + self.cats(cats) + self.num(nums)
         content = content + self.creator_w * F.embedding(creator, self.cats.weight, sparse=True)
-        return ids + content
+        out: torch.Tensor = ids + content
+        return out
 
     def item_out(self, base: torch.Tensor) -> torch.Tensor:
         """(N, D) base -> (N, D) L2-normalised item embedding."""

@@ -65,7 +65,8 @@ class FrequencyEstimator:
 
     def log_prob(self, rows: np.ndarray) -> np.ndarray:
         """log p(item in a batch), clipped to (0, 1]."""
-        return -np.log(np.maximum(self.gap[self._h(rows)], 1.0))
+        out: np.ndarray = -np.log(np.maximum(self.gap[self._h(rows)], 1.0))
+        return out
 
 
 class TwoTowerTrainer:
@@ -182,7 +183,8 @@ class TwoTowerTrainer:
         """The user's recent item rows, most recent first, -1 padded -> (L,)."""
         if user_row >= self.user_hist.shape[0]:
             return np.full(self.cfg.history_len, -1, dtype=np.int64)
-        return self._ordered_history(np.array([user_row], dtype=np.int64))[0]
+        out: np.ndarray = self._ordered_history(np.array([user_row], dtype=np.int64))[0]
+        return out
 
     def _ordered_history(self, user_rows: np.ndarray) -> np.ndarray:
         """(B,) user rows -> (B, L) item rows, most recent first, -1 padded (reads the rings)."""
@@ -190,7 +192,7 @@ class TwoTowerTrainer:
         n = self.user_hist_n[user_rows]
         p = np.arange(n_hist)
         idx = (n[:, None] - 1 - p[None, :]) % n_hist
-        hist = self.user_hist[user_rows[:, None], idx]
+        hist: np.ndarray = self.user_hist[user_rows[:, None], idx]
         hist[p[None, :] >= np.minimum(n, n_hist)[:, None]] = -1
         return hist
 
@@ -369,7 +371,7 @@ class TwoTowerTrainer:
         self.opt_sparse.zero_grad(set_to_none=True)
         self.opt_dense.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        self.opt_sparse.step()
+        self.opt_sparse.step()  # type: ignore[no-untyped-call]
         self.opt_dense.step()
         self.steps += 1
         return float(loss.detach())
@@ -390,7 +392,8 @@ class TwoTowerTrainer:
         that content places near the user into the list until interactions speak for them.
         """
         n = self.item_count[rows].astype(np.float64)
-        return (self.cfg.explore_bonus / (1.0 + n) ** self.cfg.explore_power).astype(np.float32)
+        bonus: np.ndarray = (self.cfg.explore_bonus / (1.0 + n) ** self.cfg.explore_power).astype(np.float32)
+        return bonus
 
     @torch.no_grad()
     def embed_items(self, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
