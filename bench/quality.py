@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--ablations", action="store_true", help="also run each design choice switched off")
+    ap.add_argument("--ablation", action="append", default=[], choices=sorted(ABLATIONS),
+                    help="run only this ablation (repeatable; implies --ablations)")
     ap.add_argument("--biased-mf", action="store_true", help="also run river BiasedMF")
     ap.add_argument("--skip-baselines", action="store_true", help="towerstream rows only (e.g. with --ablations)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "quality.json")
@@ -140,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         ("towerstream", lambda: run_towerstream(path, args.seed, settings)),
         ("towerstream, no logQ", lambda: run_towerstream(path, args.seed, settings, logq=False)),
     ]
-    if args.ablations:
+    if args.ablations or args.ablation:
         for name, over in ABLATIONS.items():
+            if args.ablation and name not in args.ablation:
+                continue
             rows.append((f"towerstream, {name}", lambda over=over: run_towerstream(path, args.seed, settings, **over)))
 
     def base(model: Any) -> Any:
@@ -157,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                      base(RiverMF("biased", n_factors=64, n_negatives=32, lr=0.05, seed=args.seed))))
     if args.skip_baselines:
         rows = [r for r in rows if r[0].startswith("towerstream")]
+    if args.ablation:  # just the named ablations
+        rows = [r for r in rows if r[0].removeprefix("towerstream, ") in args.ablation]
 
     results: dict[str, EvalReport] = {}
     t_all = time.perf_counter()
