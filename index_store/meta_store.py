@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import rocksdict
 
@@ -81,7 +81,7 @@ class MetaStore:
         """
         if not keys:
             return []
-        values: list[Any] = self.db.get([k.encode() for k in keys])
+        values = cast(list[Any], self.db.get([k.encode() for k in keys]))
         return [None if v is None else bytes(v) for v in values]
 
     def put_bytes(self, key: str, value: bytes, batch: rocksdict.WriteBatch | None = None) -> None:
