@@ -17,7 +17,7 @@ from faust.tables import TableManager
 from streams import metrics
 from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
-from streams.membership import current_member_id, evict_previous_member, remember_member
+from streams.membership import rejoin_as_previous_member, watch_member
 from streams.runtime import WorkerRuntime
 from streams.views import register_views
 from towerstream.events.deadletter import MAX_RECORD_BYTES
@@ -130,14 +130,11 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_worker_init.connect
     def open_engine_early(sender: Any, **kwargs: Any) -> None:
         """``faust worker`` is starting: load the engine while the consumer joins its group."""
+        if runtime.opening:
+            return  # Faust sends this signal twice
         runtime.begin_open()
-        evict_previous_member(settings)  # a SIGKILLed predecessor must not hold up the group join
-
-    @app.on_partitions_assigned.connect
-    async def remember_group_member(sender: Any, *args: Any, **kwargs: Any) -> None:
-        member_id = current_member_id(app)
-        if member_id:
-            remember_member(settings, member_id)
+        rejoin_as_previous_member(settings)  # a SIGKILLed predecessor must not hold up the group join
+        watch_member(app, settings)
 
     @app.task
     async def open_engine() -> None:

@@ -1,20 +1,24 @@
-"""Evict this worker's previous consumer-group member when it restarts after a crash.
+"""A restarted worker rejoins its consumer group as the member its killed predecessor was.
 
-A worker killed with SIGKILL stays a member of its group until its session times out. A new
-incarnation that joins before that can be made to wait for the dead member (we measured joins
-stuck about 5 s on the test broker, which pushed restart-to-first-event past 10 s). So each
-worker records its member id in its data directory once it has joined, and a restarting worker
-removes that member (Kafka's LeaveGroup, the admin "remove members" call) before it joins,
-synchronously: on the test broker a LeaveGroup that arrives while our own JoinGroup is in flight
-wedged the group in endless rejoins.
-Only the member recorded in this worker's own data directory is removed, so other live workers
-of the group are never touched. Any failure is logged and ignored: the dead member then simply
-expires as it would have.
+A worker killed with SIGKILL stays a member of its group until its session times out. On the
+test broker a new incarnation that joins meanwhile can see the dead member elected group
+leader and wait for an assignment that never comes (about 5 s, then a rejoin), which pushed
+restart-to-first-event to 13-15 s. Removing the dead member first (LeaveGroup) is worse there:
+removing one whose own join was still in flight wedged the group in endless rejoins.
+
+So the worker records its member id in its data directory as soon as the coordinator hands it
+out (the first JoinGroup round trip, before the join's wait), and a restarted worker sends its
+first JoinGroup with that id: the coordinator sees the same member rejoining, not a second one.
+If the id has expired meanwhile the coordinator answers UNKNOWN_MEMBER_ID and aiokafka joins
+afresh, as it would have anyway. Only this worker's own data directory is read, so other
+members of the group are never touched.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,9 @@ import structlog
 from towerstream.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+_lock = threading.Lock()
+_rejoin_member: str | None = None
 
 
 def member_file(settings: Settings) -> Path:
@@ -39,38 +46,68 @@ def remember_member(settings: Settings, member_id: str) -> None:
 
 def current_member_id(app: Any) -> str | None:
     """The member id Faust's aiokafka consumer got from the coordinator (None if not joined)."""
-    try:
-        consumer = app.consumer._thread._consumer  # faust aiokafka driver -> aiokafka consumer
-        member_id = consumer._coordinator.member_id
-    except AttributeError:
-        return None
-    return member_id or None
+    # Plain attribute reads only: ``app.consumer`` would create the consumer, from this thread
+    # and before Faust has set up its loop (the worker then fails to start).
+    obj: Any = app
+    for attr in ("_consumer", "_thread", "_consumer", "_coordinator", "member_id"):  # faust -> aiokafka
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            return None
+    return str(obj) or None
 
 
-def evict_previous_member(settings: Settings, timeout_ms: int = 3000) -> str | None:
-    """Remove the member recorded by the previous incarnation; returns the outcome, for logs."""
-    path = member_file(settings)
+def rejoin_as_previous_member(settings: Settings) -> str | None:
+    """Make the next group coordinator created in this process join with the recorded member id."""
+    global _rejoin_member
     try:
-        member_id = path.read_text().strip()
-        path.unlink()  # once per incarnation (Faust sends on_worker_init twice)
+        member_id = member_file(settings).read_text().strip()
     except OSError:
         return None
     if not member_id:
         return None
-    from kafka.admin import KafkaAdminClient, MemberToRemove
+    import aiokafka.consumer.consumer as consumer_module
+    from aiokafka.protocol.group import JoinGroupRequest
 
-    from producers.kafka_config import client_config
+    with _lock:
+        base = consumer_module.GroupCoordinator
+        if not getattr(base, "_towerstream_rejoin", False):
 
-    try:
-        admin = KafkaAdminClient(**client_config(settings, client_id="towerstream-evict"),
-                                 request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
-        try:
-            result = admin.remove_group_members(
-                settings.app_id, [MemberToRemove(member_id=member_id, reason="worker restarted")])
-        finally:
-            admin.close()
-        outcome = ",".join(getattr(err, "__name__", str(err)) for err in result.values()) or "no answer"
-    except Exception as exc:  # noqa: BLE001 - best effort: the member expires by itself otherwise
-        outcome = f"failed: {type(exc).__name__}: {exc}"[:300]
-    log.info("previous_group_member_evicted", member_id=member_id, outcome=outcome)
-    return outcome
+            class _Coordinator(base):  # type: ignore[misc, valid-type]
+                _towerstream_rejoin = True
+
+                def __init__(self, *args: Any, **kwargs: Any) -> None:
+                    global _rejoin_member
+                    super().__init__(*args, **kwargs)
+                    with _lock:
+                        if _rejoin_member and self.member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID:
+                            self.member_id, _rejoin_member = _rejoin_member, None
+
+            consumer_module.GroupCoordinator = _Coordinator
+        _rejoin_member = member_id
+    log.info("rejoining_group_as_previous_member", member_id=member_id)
+    return member_id
+
+
+def watch_member(app: Any, settings: Settings) -> threading.Thread:
+    """Record the consumer's member id whenever it changes (a daemon thread polling every 50 ms).
+
+    Polling, because the id is needed while the join is still in flight, before any Faust
+    callback runs: a worker killed mid-join would otherwise leave a member nobody can name.
+    """
+
+    def run() -> None:
+        known: str | None = None
+        started = time.monotonic()
+        while True:
+            member_id = current_member_id(app)
+            if member_id and member_id != known:
+                try:
+                    remember_member(settings, member_id)
+                    known = member_id
+                except OSError as exc:
+                    log.warning("group_member_not_recorded", error=str(exc))
+            time.sleep(0.05 if time.monotonic() - started < 60 else 0.5)
+
+    t = threading.Thread(target=run, name="group-member", daemon=True)
+    t.start()
+    return t

@@ -61,6 +61,11 @@ class WorkerRuntime:
     def ready(self) -> bool:
         return self.engine is not None and self.ready_event.is_set()
 
+    @property
+    def opening(self) -> bool:
+        """True once ``begin_open`` has been called."""
+        return self._opening is not None
+
     def begin_open(self) -> Future[Engine]:
         """Start opening the engine on the training thread now; idempotent.
 
@@ -83,6 +88,10 @@ class WorkerRuntime:
     async def open(self) -> Engine:
         self.engine = await asyncio.wrap_future(self.begin_open())
         t0 = self._open_t0
+        if self.engine.replay_s > 1.0:
+            # A long replay means the last incarnations died before checkpointing (a crash loop):
+            # checkpoint now so that the next restart does not replay the same journal again.
+            await self.checkpoint()
         self.ready_event.set()
         metrics.READY.set(1)
         metrics.INDEX_SIZE.set(len(self.engine.index))

@@ -142,6 +142,8 @@ class Engine:
         self.trained_in_model = 0
         #: Next source offset per "topic:partition" whose effects are in this state.
         self.offsets: dict[str, int] = {}
+        #: Seconds the last restore spent replaying the journal.
+        self.replay_s = 0.0
         self.lock = threading.RLock()
         #: Event ids added to history by ``observe`` and not yet learned.
         self._observed: set[str] = set()
@@ -191,6 +193,7 @@ class Engine:
             self.seq = info.seq
             log.info("checkpoint_loaded", seq=info.seq, items=len(self.index), model_version=self.model_version)
         replayed = 0
+        t0 = time.perf_counter()
         for key, raw in self.store.scan("j:"):
             seq = int(key[2:])
             if seq <= self.seq:
@@ -208,8 +211,9 @@ class Engine:
             self._note_offsets(entry.get("s"))
             self.seq = seq
             replayed += 1
+        self.replay_s = time.perf_counter() - t0
         if replayed:
-            log.info("journal_replayed", entries=replayed, seq=self.seq)
+            log.info("journal_replayed", entries=replayed, seq=self.seq, seconds=round(self.replay_s, 3))
 
     def _rebuild_from_store(self) -> None:
         """No readable checkpoint: rebuild the index from the item records in RocksDB.
