@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import faust
@@ -170,9 +171,15 @@ def create_app(settings: Settings) -> faust.App:
             metrics.KAFKA_UP.set(1 if up else 0)
             await asyncio.sleep(2)
 
-    @app.timer(interval=settings.checkpoint_every_s)
+    @app.timer(interval=min(settings.checkpoint_every_s, 1.0))
     async def periodic_checkpoint() -> None:
-        if runtime.ready:
+        """Every CHECKPOINT_EVERY_S, or sooner once CHECKPOINT_MAX_REPLAY_S of training is unsaved."""
+        engine = runtime.engine
+        if not runtime.ready or engine is None:
+            return
+        budget = settings.checkpoint_max_replay_s
+        if (time.time() - runtime.last_checkpoint_at >= settings.checkpoint_every_s
+                or (budget > 0 and engine.unsaved_train_s >= budget)):
             await runtime.checkpoint()
 
     @app.timer(interval=settings.reembed_every_s)

@@ -88,6 +88,7 @@ class WorkerRuntime:
     async def open(self) -> Engine:
         self.engine = await asyncio.wrap_future(self.begin_open())
         t0 = self._open_t0
+        self.last_checkpoint_at = time.time()
         if self.engine.replay_s > 1.0:
             # A long replay means the last incarnations died before checkpointing (a crash loop):
             # checkpoint now so that the next restart does not replay the same journal again.

@@ -144,6 +144,8 @@ class Engine:
         self.offsets: dict[str, int] = {}
         #: Seconds the last restore spent replaying the journal.
         self.replay_s = 0.0
+        #: Seconds of training since the last checkpoint: about what a restart would replay.
+        self.unsaved_train_s = 0.0
         self.lock = threading.RLock()
         #: Event ids added to history by ``observe`` and not yet learned.
         self._observed: set[str] = set()
@@ -276,6 +278,7 @@ class Engine:
         """Persist towers + index + engine state at the current journal position, then trim the journal."""
         with self.lock:
             seq = self.seq
+            self.unsaved_train_s = 0.0
             blobs = {
                 "towers": self.trainer.state_bytes(),
                 "engine": pickle.dumps({
@@ -502,7 +505,9 @@ class Engine:
         p = self.config.tower.event_weight_power
         w = np.array([kw.get(e.kind, 1.0) * e.weight**p for e in events], dtype=np.float32)
         contexts = [e.context for e in events] if any(e.context for e in events) else None
+        t_train = time.perf_counter()
         loss = self.trainer.learn_batch(u, i, w, contexts)
+        self.unsaved_train_s += time.perf_counter() - t_train
         self.model_version += 1
         self.trained_in_model += len(events)
         # Popularity with exponential decay, for fallbacks and the popularity-bias metric.

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     ordering: Literal["arrival", "event_time"] = "arrival"
     ordering_idle_s: float = 1.0
     checkpoint_every_s: float = 30.0
+    #: Also checkpoint once this many seconds of training are unsaved: a restart replays about
+    #: that much training before its first new event (0 turns the bound off).
+    checkpoint_max_replay_s: float = 4.0
     reembed_every_s: float = 300.0
 
     # Model

@@ -155,3 +155,21 @@ def test_checkpoint_of_towers_with_another_shape_is_rebuilt_not_fatal(tmp_path: 
     assert eng.ready and live_ids(eng) == live
     assert eng.index.dim == 24 and eng.recommend("u1", 3).source == "model"
     eng.close()
+
+
+def test_unsaved_training_is_measured_and_reset_by_a_checkpoint(tmp_path: Path) -> None:
+    """What a restart would replay: the worker checkpoints once it exceeds CHECKPOINT_MAX_REPLAY_S."""
+    eng = Engine.open(tmp_path, SMALL)
+    eng.apply_items([item(i) for i in range(5)])
+    assert eng.unsaved_train_s == 0.0
+    eng.learn([click(n, n % 3, n % 5) for n in range(20)])
+    first = eng.unsaved_train_s
+    eng.learn([click(n, n % 3, n % 5) for n in range(20, 40)])
+    assert 0.0 < first < eng.unsaved_train_s
+    eng.checkpoint()
+    assert eng.unsaved_train_s == 0.0
+    eng.learn([click(40, 1, 1)])
+    eng.close()
+    again = Engine.open(tmp_path, SMALL)  # the replay of the last batch counts as unsaved again
+    assert again.unsaved_train_s > 0.0 and again.replay_s >= again.unsaved_train_s
+    again.close()
