@@ -49,6 +49,7 @@ class WorkerRuntime:
         #: Event-time ordering: when input was last staged (monotonic), 0 when nothing is pending.
         self.last_staged_at = 0.0
         self._opening: Future[Engine] | None = None
+        self._after_replay: asyncio.Future[None] | None = None
         self._open_t0 = 0.0
 
     @property
@@ -89,15 +90,23 @@ class WorkerRuntime:
         self.engine = await asyncio.wrap_future(self.begin_open())
         t0 = self._open_t0
         self.last_checkpoint_at = time.time()
-        if self.engine.replay_s > 1.0:
-            # A long replay means the last incarnations died before checkpointing (a crash loop):
-            # checkpoint now so that the next restart does not replay the same journal again.
-            await self.checkpoint()
         self.ready_event.set()
         metrics.READY.set(1)
         metrics.INDEX_SIZE.set(len(self.engine.index))
         log.info("engine_ready", seconds=round(time.perf_counter() - t0, 3), **self.engine.stats())
+        if self.engine.replay_s > 0.5:
+            # A long replay means the last incarnations died before checkpointing (a crash loop):
+            # checkpoint soon, so the next restart does not replay the same journal again, but
+            # after the first batch has had its turn on the training thread.
+            self._after_replay = asyncio.ensure_future(self._checkpoint_after(0.3))
         return self.engine
+
+    async def _checkpoint_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        try:
+            await self.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - the periodic checkpoint will try again
+            log.error("checkpoint_failed", error=repr(exc)[:300])
 
     async def wait_ready(self) -> Engine:
         await self.ready_event.wait()
