@@ -37,6 +37,10 @@ class TowerConfig:
     id_init_std: float = 0.01
     sparse_lr: float = 0.002
     dense_lr: float = 0.001
+    #: Learning rates start at ``lr_burn_in_factor`` x and fall linearly to 1x over ``lr_burn_in_steps``
+    #: steps: a fresh model must become useful within a few thousand events, a mature one must not drift.
+    lr_burn_in_factor: float = 5.0
+    lr_burn_in_steps: int = 100
     #: Uniform negatives sampled from the live catalog per step (mixed negatives).
     uniform_negatives: int = 512
     #: Streaming logQ correction of in-batch negatives (Yi et al. 2019).
@@ -58,6 +62,8 @@ class TowerConfig:
     #: Reservoir of past events (with their histories) replayed alongside each batch; 0 = off.
     replay_size: int = 20_000
     replay_per_step: int = 512
+    #: Replayed events per step relative to the batch's new events (capped by replay_per_step).
+    replay_ratio: float = 1.0
     #: Probability of dropping the id embedding in training, so content alone must work (cold items).
     id_dropout: float = 0.2
     #: Loss weight of an event = kind_weights[kind] * event.weight ** event_weight_power. 0 ignores the

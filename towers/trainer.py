@@ -308,7 +308,10 @@ class TwoTowerTrainer:
             ctx = contexts
             if cfg.replay_per_step > 0 and self.replay_n > 0:
                 n_res = min(self.replay_n, len(self.replay_users))
-                pick = self.rng.integers(0, n_res, size=min(cfg.replay_per_step, n_res))
+                # As many replayed as new events (at most replay_per_step): with small live batches a
+                # fixed 512 would drown the fresh events in old ones.
+                n_pick = min(cfg.replay_per_step, int(np.ceil(cfg.replay_ratio * b)), n_res)
+                pick = self.rng.integers(0, n_res, size=n_pick)
                 u = np.concatenate([u, self.replay_users[pick]])
                 i = np.concatenate([i, self.replay_items[pick]])
                 ww = np.concatenate([ww, self.replay_weights[pick]])
@@ -368,6 +371,11 @@ class TwoTowerTrainer:
         target = self._t(np.arange(b))
         wt = self._t(w)
         loss = (F.cross_entropy(logits, target, reduction="none") * wt).sum() / wt.sum().clamp(min=1e-6)
+        burn = max(0.0, 1.0 - self.steps / max(cfg.lr_burn_in_steps, 1))
+        scale = 1.0 + (cfg.lr_burn_in_factor - 1.0) * burn
+        for opt, lr in ((self.opt_sparse, cfg.sparse_lr), (self.opt_dense, cfg.dense_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
         self.opt_sparse.zero_grad(set_to_none=True)
         self.opt_dense.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
