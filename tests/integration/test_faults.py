@@ -8,6 +8,9 @@ holds exactly the live items with one vector each, that every interaction has it
 marker and was trained into the surviving model exactly once (``trained_in_model``: checkpoint
 plus journal replay), and that every restart processed its first event in under 10 s with the
 group timing from ``../shared/broker-notes.md`` (session 6 s, heartbeat 2 s).
+
+The pause test SIGSTOPs the broker for 10 s mid-stream; the last test damages every checkpoint
+of a stopped worker and restarts it: it must rebuild the index from RocksDB, not crash.
 """
 
 from __future__ import annotations
@@ -139,3 +142,30 @@ def test_broker_paused_for_10s_mid_stream_the_worker_recovers_by_itself(
     assert worker.alive() and worker.proc is not None and worker.proc.pid == pid
     print(f"broker pause: unhealthy after {unhealthy[0][0]}s, healthy {recovered_s:.1f}s after resume, "
           f"intake during pause -> {intake['status']} in {intake['seconds']:.1f}s")
+
+
+@pytest.mark.timeout(180)
+def test_unreadable_checkpoints_are_rebuilt_by_a_restarted_worker_not_fatal(
+    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess]
+) -> None:
+    settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600)
+    ensure_topics(settings)
+    first = start_worker(settings)
+    first.wait_ready(90)
+    spec = StreamSpec(users=30, items=60, interactions=600, late_items=0.0, seed=4)
+    assert replay(generate(spec), settings, progress=False, create_topics=False).failed == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (first.health()[1] or {}).get("trained_in_model") != spec.interactions:
+        time.sleep(0.25)
+    assert first.stop() == 0  # graceful: a checkpoint at shutdown, the journal trimmed to it
+    ckpts = sorted((settings.data_dir / "engine" / "checkpoints").glob("ckpt-" + "[0-9]" * 16))
+    assert ckpts
+    for ckpt in ckpts:  # e.g. a disk fault: every checkpoint fails its checksum
+        (ckpt / "index.faiss").write_bytes(b"\0" * 64)
+    second = start_worker(settings)
+    health = second.wait_ready(90)
+    assert health["items_indexed"] == spec.items and health["trained_total"] == spec.interactions, health
+    status, rec = http_json(second.base_url + "/recommend/u1?k=5")
+    assert status == 200 and rec["source"] == "model" and len(rec["items"]) == 5, rec
+    log = Path(str(second.log_path)).read_text()
+    assert "checkpoints_unreadable" in log and "index_rebuilt" in log
