@@ -79,7 +79,8 @@ def rejoin_as_previous_member(settings: Settings) -> str | None:
                     global _rejoin_member
                     super().__init__(*args, **kwargs)
                     with _lock:
-                        if _rejoin_member and self.member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID:
+                        member_id = getattr(self, "member_id", None)
+                        if _rejoin_member and member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID:
                             self.member_id, _rejoin_member = _rejoin_member, None
 
             consumer_module.GroupCoordinator = _Coordinator

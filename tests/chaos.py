@@ -68,6 +68,7 @@ def faults_recording(seed: int, interactions: int, users: int = 80, items: int =
             continue
         ids.append(value["event_id"])
         n = len(ids)
+        assert rec.timestamp is not None
         ts = datetime.fromtimestamp(rec.timestamp / 1000 + 0.5, tz=timezone.utc)  # after this event
         if n % 20 == 0 and live:  # new content for a live item
             item_id = sorted(live)[int(rng.integers(0, len(live)))]

@@ -251,7 +251,7 @@ class Engine:
             self._ensure_rows(len(pop) - 1)
             self.popularity[: len(pop)] = pop
         log.warning("index_rebuild_started", items=len(ups))
-        profiles = [UserProfile(user_id=k[5:], features=json.loads(v), ts=time.time())
+        profiles = [UserProfile.model_validate({"user_id": k[5:], "features": json.loads(v), "ts": time.time()})
                     for k, v in self.store.scan("user:")]
         for s in range(0, len(profiles), 4096):
             self._apply_users_now(profiles[s : s + 4096])
