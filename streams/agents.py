@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -55,6 +55,27 @@ def _learn_observed(runtime: WorkerRuntime, engine: Any, valid: list[Any], sourc
     return res
 
 
+#: What ``_apply`` returns when the engine call raised (its records were dead-lettered).
+FAILED = object()
+
+
+async def _apply(runtime: WorkerRuntime, events: Sequence[Any], sources: list[SourcePos],
+                 fn: Callable[..., Any], *args: Any) -> Any:
+    """Run an engine call for a batch. If it raises, the batch's valid records go to the dead-letter
+    topic with the error as the reason: ``take_events`` acks the batch either way, so swallowing
+    or re-raising would lose them silently. Returns ``FAILED`` after a failure."""
+    try:
+        return await runtime.run(fn, *args)
+    except Exception as exc:  # noqa: BLE001 - the edge decides: dead-letter, never lose
+        log.exception("batch_failed", records=len(sources), error=type(exc).__name__)
+        positions = {(src.topic, src.partition, src.offset) for src in sources}
+        for event in events:
+            msg = event.message
+            if (msg.topic, msg.partition, msg.offset) in positions:
+                await runtime.dead_letter(msg, f"processing failed: {type(exc).__name__}: {exc}"[:1000], "internal")
+        return FAILED
+
+
 async def _staged(runtime: WorkerRuntime, engine: Any, kind: str, valid: list[Any], sources: list[SourcePos]) -> bool:
     """In event-time ordering, stage the batch durably (applied later by the sequencer); else False."""
     if runtime.settings.ordering != "event_time":
@@ -91,7 +112,9 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
             valid, sources = await _validate(runtime, list(events), decode_interaction)
             if not valid or await _staged(runtime, engine, "interactions", valid, sources):
                 continue
-            res = await runtime.run(_learn_observed, runtime, engine, valid, sources)
+            res = await _apply(runtime, events, sources, _learn_observed, runtime, engine, valid, sources)
+            if res is FAILED:
+                continue
             topic = s.topic("interactions")
             metrics.EVENTS.labels(topic).inc(res.trained)
             metrics.BATCH_SECONDS.labels(topic).observe(res.seconds)
@@ -113,7 +136,9 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
             if not valid or await _staged(runtime, engine, "items", valid, sources):
                 continue
             t0 = time.perf_counter()
-            res = await runtime.run(engine.apply_items, valid, sources)
+            res = await _apply(runtime, events, sources, engine.apply_items, valid, sources)
+            if res is FAILED:
+                continue
             topic = s.topic("items")
             metrics.EVENTS.labels(topic).inc(res.upserted + res.deleted)
             metrics.BATCH_SECONDS.labels(topic).observe(time.perf_counter() - t0)
@@ -131,7 +156,8 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid, sources = await _validate(runtime, list(events), decode_user)
             if valid and not await _staged(runtime, engine, "users", valid, sources):
-                await runtime.run(engine.apply_users, valid, sources)
+                if await _apply(runtime, events, sources, engine.apply_users, valid, sources) is FAILED:
+                    continue
                 metrics.EVENTS.labels(s.topic("users")).inc(len(valid))
 
     @app.agent(topics["recommend-requests"], name="recommend-requests")
