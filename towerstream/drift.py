@@ -64,7 +64,7 @@ from river import drift as river_drift
 from towerstream.events import Interaction, ItemDelete, ItemUpsert, UserProfile, decode_item
 from towerstream.events.base import epoch_ms
 from towerstream.events.drift import ChangePoint, DetectorName, DriftReport, Quantiles
-from towerstream.recording import RecordedRecord
+from towerstream.recording import decode_record as _decode_record, RecordedRecord
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: Fewer served scores than this in either window: PSI is not computed (too noisy).
@@ -493,14 +493,8 @@ StreamEvent = ItemUpsert | ItemDelete | UserProfile | Interaction
 
 def decode_record(rec: RecordedRecord) -> StreamEvent | None:
     """A recording line as a stream event; other topics (drift, requests...) give None."""
-    topic = rec.logical_topic()
-    if topic == "interactions":
-        return Interaction.model_validate(rec.value)
-    if topic == "items":
-        return decode_item(rec.value_bytes())
-    if topic == "users":
-        return UserProfile.model_validate(rec.value)
-    return None
+    event: StreamEvent | None = _decode_record(rec)
+    return event
 
 
 def monitor_stream(

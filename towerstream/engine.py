@@ -28,6 +28,7 @@ from index_store import CheckpointError, MetaStore, VectorIndex, load_latest_che
 from towers import TowerConfig, TwoTowerTrainer
 from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
 from towerstream.events.base import epoch_ms
+from towerstream.events.codec import item_from_dict
 
 log = structlog.get_logger(__name__)
 
@@ -203,8 +204,7 @@ class Engine:
             entry = json.loads(raw)
             if entry["t"] == "items":
                 self._apply_items_now(
-                    [ItemDelete.model_validate(e) if e.get("op") == "delete" else ItemUpsert.model_validate(e)
-                     for e in entry["e"]]
+                    [item_from_dict(e) for e in entry["e"]]
                 )
             elif entry["t"] == "users":
                 self._apply_users_now([UserProfile.model_validate(e) for e in entry["e"]])
@@ -597,8 +597,7 @@ class Engine:
                 flush()
                 if doc["t"] == "items":
                     e = doc["e"]
-                    self.apply_items([ItemDelete.model_validate(e) if e.get("op") == "delete"
-                                      else ItemUpsert.model_validate(e)], [src])
+                    self.apply_items([item_from_dict(e)], [src])
                 else:
                     self.apply_users([UserProfile.model_validate(doc["e"])], [src])
                 done_keys.append(key)

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from towerstream.events import Interaction, ItemDelete, ItemUpsert, UserProfile, decode_item
-from towerstream.recording import RecordedRecord
+from towerstream.recording import RecordedRecord, decode_record
 from towerstream.settings import Settings
 
 #: The worker's micro-batch size (``Settings.batch_max``): the evaluation learns at the same cadence.
@@ -183,14 +183,8 @@ class PrequentialScorer:
 
 
 def _decode(rec: RecordedRecord) -> ItemUpsert | ItemDelete | UserProfile | Interaction | None:
-    topic = rec.logical_topic()
-    if topic == "interactions":
-        return Interaction.model_validate(rec.value)
-    if topic == "items":
-        return decode_item(rec.value_bytes())
-    if topic == "users":
-        return UserProfile.model_validate(rec.value)
-    return None  # other topics (requests, dead letters...) are not part of the stream
+    event: ItemUpsert | ItemDelete | UserProfile | Interaction | None = decode_record(rec)
+    return event  # None for other topics (requests, dead letters...): not part of the stream
 
 
 def evaluate(

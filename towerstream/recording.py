@@ -54,6 +54,22 @@ def record_of(topic: str, event: BaseModel, key: str | None, timestamp_ms: int |
     )
 
 
+def decode_record(rec: RecordedRecord) -> Any:
+    """The stream event a recorded line holds (``Interaction``, ``ItemUpsert``/``ItemDelete``,
+    ``UserProfile``); None for other topics (drift reports, requests, dead letters...)."""
+    from towerstream.events import Interaction, UserProfile
+    from towerstream.events.codec import item_from_dict
+
+    topic = rec.logical_topic()
+    if topic == "interactions":
+        return Interaction.model_validate(rec.value)
+    if topic == "items":
+        return item_from_dict(rec.value)
+    if topic == "users":
+        return UserProfile.model_validate(rec.value)
+    return None
+
+
 def iter_recording(path: str | Path | IO[str]) -> Iterator[RecordedRecord]:
     """Yield records in file order; blank lines are skipped, bad lines raise RecordingError."""
     if isinstance(path, (str, Path)):

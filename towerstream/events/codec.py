@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -74,6 +74,11 @@ def decode_item(raw: bytes | str) -> ItemUpsert | ItemDelete:
         return _ITEM_ADAPTER.validate_json(raw)
     except ValidationError as exc:
         raise InvalidEvent(_reason(exc), "not_json" if _is_json_error(exc) else "invalid") from None
+
+
+def item_from_dict(doc: Any) -> ItemUpsert | ItemDelete:
+    """An item event from parsed JSON (``op`` picks upsert or delete, as on the topic)."""
+    return _ITEM_ADAPTER.validate_python(doc)
 
 
 def encode(event: BaseModel) -> bytes:
