@@ -39,7 +39,7 @@ class TowerConfig:
     dense_lr: float = 0.001
     #: Learning rates start at ``lr_burn_in_factor`` x and fall linearly to 1x over ``lr_burn_in_steps``
     #: steps: a fresh model must become useful within a few thousand events, a mature one must not drift.
-    lr_burn_in_factor: float = 1.0
+    lr_burn_in_factor: float = 5.0
     lr_burn_in_steps: int = 100
     #: Uniform negatives sampled from the live catalog per step (mixed negatives).
     uniform_negatives: int = 512
