@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import structlog
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from producers import BrokerUnavailable, EventProducer, ensure_topics, produce_lines
 from towerstream.broker import EmbeddedBroker, free_port
-from towerstream.cli_produce import register
+from tests.integration.cli_helpers import _structlog_restored, cli  # noqa: F401 - autouse fixture
 from towerstream.events import (
     Interaction,
     ItemDelete,
@@ -54,24 +52,6 @@ def consume(settings: Settings, logical: str, n: int, timeout_s: float = 10.0) -
         return got
     finally:
         c.close(autocommit=False)
-
-
-@pytest.fixture(autouse=True)
-def _structlog_restored() -> Iterator[None]:
-    """The CLI points an unconfigured structlog at stderr; undo that for the next test."""
-    was = structlog.is_configured()
-    yield
-    if not was:
-        structlog.reset_defaults()
-
-
-def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="cmd", required=True)
-    register(sub)
-    args = p.parse_args(argv)
-    rc: int = args.func(args)
-    return rc
 
 
 @pytest.fixture()

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from producers import ensure_topics, record, replay
 from towerstream.broker import EmbeddedBroker
-from towerstream.cli_produce import register
+from tests.integration.cli_helpers import _structlog_restored, cli  # noqa: F401 - autouse fixture
 from towerstream.recording import RecordedRecord, iter_recording, write_recording
 from towerstream.settings import Settings
 from towerstream.synthetic import StreamSpec, generate
@@ -23,24 +20,6 @@ from towerstream.synthetic import StreamSpec, generate
 pytestmark = pytest.mark.broker
 
 TOPICS = ["items", "users", "interactions"]
-
-
-@pytest.fixture(autouse=True)
-def _structlog_restored() -> Iterator[None]:
-    """The CLI points an unconfigured structlog at stderr; undo that for the next test."""
-    was = structlog.is_configured()
-    yield
-    if not was:
-        structlog.reset_defaults()
-
-
-def cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="cmd", required=True)
-    register(sub)
-    args = p.parse_args(argv)
-    rc: int = args.func(args)
-    return rc
 
 
 def settings_for(broker: EmbeddedBroker, prefix: str) -> Settings:
