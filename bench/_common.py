@@ -117,6 +117,20 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def add_run_args(ap: Any) -> None:
+    """The flags every speed benchmark takes: its seed and where its JSON goes."""
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+
+
+def begin(seed: int) -> dict[str, Any]:
+    """Print the machine, library versions and seed, then seed the RNGs; returns the environment."""
+    env = env_info(seed)
+    print_env(env)
+    seed_all(seed)
+    return env
+
+
 def seed_all(seed: int) -> random.Random:
     import numpy as np
 

@@ -43,21 +43,20 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
+    add_run_args,
+    begin,
     KeepAlive,
     Paced,
     bulk_producer,
     cpu_seconds,
-    env_info,
     fmt,
     health,
     interaction_json,
     interaction_stream,
     item_json,
     percentile,
-    print_env,
     produce,
     scrape_metrics,
-    seed_all,
     shared_note,
     start_broker,
     start_worker,
@@ -272,14 +271,11 @@ def main() -> None:
     ap.add_argument("--interaction-every", type=float, default=1.0)
     ap.add_argument("--poll-ms", type=float, default=20.0)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
+    add_run_args(ap)
     args = ap.parse_args()
 
     t_begin = time.monotonic()
-    env = env_info(args.seed)
-    print_env(env)
-    seed_all(args.seed)
+    env = begin(args.seed)
     work = Path(tempfile.mkdtemp(prefix="bench-freshness-"))
     broker = start_broker()
     runs: list[dict[str, Any]] = []

@@ -29,18 +29,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
+    add_run_args,
+    begin,
     Paced,
     build_state,
     bulk_producer,
     copy_state,
-    env_info,
     fmt,
     health,
     interaction_stream,
     item_json,
-    print_env,
     rss_mib,
-    seed_all,
     shared_note,
     start_broker,
     start_worker,
@@ -167,14 +166,11 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0, help="interactions/s and upserts/s during the traffic phase")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
+    add_run_args(ap)
     args = ap.parse_args()
 
     t_begin = time.monotonic()
-    env = env_info(args.seed)
-    print_env(env)
-    seed_all(args.seed)
+    env = begin(args.seed)
     state, meta = build_state(args.items, args.users, args.query_users, args.hist_len, args.seed, rebuild=args.rebuild)
     parts = breakdown(state)
     print("engine breakdown (MiB): " + ", ".join(f"{k[:-4]} {v:,.0f}" for k, v in parts.items()), flush=True)

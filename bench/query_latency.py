@@ -39,20 +39,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
+    add_run_args,
+    begin,
     KeepAlive,
     Paced,
     build_state,
     bulk_producer,
     copy_state,
     cpu_seconds,
-    env_info,
     fmt,
     item_json,
     percentile,
-    print_env,
     rss_mib,
     scrape_metrics,
-    seed_all,
     shared_note,
     start_broker,
     start_worker,
@@ -187,14 +186,11 @@ def main() -> None:
     ap.add_argument("--upsert-rate", type=float, default=1000.0)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--rebuild", action="store_true", help="ignore the cached state")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
+    add_run_args(ap)
     args = ap.parse_args()
 
     t_begin = time.monotonic()
-    env = env_info(args.seed)
-    print_env(env)
-    seed_all(args.seed)
+    env = begin(args.seed)
     state, meta = build_state(args.items, args.users, args.query_users, args.hist_len, args.seed, rebuild=args.rebuild)
     ref = index_reference(state, 500, args.seed)
     print(f"index alone ({ref['index']}): 1 thread p50 {ref['threads_1']['single_p50_ms']:.2f} ms p99 "

@@ -33,19 +33,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
+    add_run_args,
+    begin,
     ROOT,
     bulk_producer,
     cpu_seconds,
-    env_info,
     fmt,
     health,
     interaction_stream,
     item_json,
-    print_env,
     produce,
     rss_mib,
     scrape_metrics,
-    seed_all,
     shared_note,
     start_broker,
     start_worker,
@@ -222,14 +221,11 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=16)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--batch-max", type=int, default=512)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None)
+    add_run_args(ap)
     args = ap.parse_args()
 
     t_begin = time.monotonic()
-    env = env_info(args.seed)
-    print_env(env)
-    seed_all(args.seed)
+    env = begin(args.seed)
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     prefix = f"tp{os.getpid()}"
     broker = start_broker()
