@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import faust
 import structlog
 
 from streams import metrics
+from streams.batch_apply import FAILED, apply_batch
 from streams.runtime import WorkerRuntime
+from streams.training_queue import TrainingQueue, _train_observed
 from towerstream.engine import SourcePos
 from towerstream.events import InvalidEvent, RecommendResponse, decode_interaction, decode_item, decode_user, encode
 from towerstream.events.recommend import RecommendRequest
@@ -45,35 +47,8 @@ async def _validate(
 
 
 def _learn_observed(runtime: WorkerRuntime, engine: Any, valid: list[Any], sources: list[SourcePos]) -> Any:
-    """Runs on the training thread: the monitor scores a sample before it is learned (test-then-train)."""
-    monitor = runtime.monitor
-    if monitor is not None:
-        monitor.before_learn(engine, valid)
-    res = engine.learn(valid, sources)
-    if monitor is not None:
-        monitor.after_learn(engine, valid, res)
-    return res
-
-
-#: What ``_apply`` returns when the engine call raised (its records were dead-lettered).
-FAILED = object()
-
-
-async def _apply(runtime: WorkerRuntime, events: Sequence[Any], sources: list[SourcePos],
-                 fn: Callable[..., Any], *args: Any) -> Any:
-    """Run an engine call for a batch. If it raises, the batch's valid records go to the dead-letter
-    topic with the error as the reason: ``take_events`` acks the batch either way, so swallowing
-    or re-raising would lose them silently. Returns ``FAILED`` after a failure."""
-    try:
-        return await runtime.run(fn, *args)
-    except Exception as exc:  # noqa: BLE001 - the edge decides: dead-letter, never lose
-        log.exception("batch_failed", records=len(sources), error=type(exc).__name__)
-        positions = {(src.topic, src.partition, src.offset) for src in sources}
-        for event in events:
-            msg = event.message
-            if (msg.topic, msg.partition, msg.offset) in positions:
-                await runtime.dead_letter(msg, f"processing failed: {type(exc).__name__}: {exc}"[:1000], "internal")
-        return FAILED
+    """``Engine.learn`` with the monitor's test-then-train probe, on the training thread."""
+    return _train_observed(runtime, engine, [engine.commit_interactions(valid, sources)])
 
 
 async def _staged(runtime: WorkerRuntime, engine: Any, kind: str, valid: list[Any], sources: list[SourcePos]) -> bool:
@@ -108,25 +83,18 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
     @app.agent(topics["interactions"], name="interactions")
     async def interactions(stream: faust.StreamT[bytes]) -> None:
         engine = await runtime.wait_ready()
+        queue = runtime.training_queue = TrainingQueue(
+            runtime, engine, s.topic("interactions"), max_events=s.train_batch_max, max_pending=s.train_queue_max)
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid, sources = await _validate(runtime, list(events), decode_interaction)
             if not valid or await _staged(runtime, engine, "interactions", valid, sources):
                 continue
-            res = await _apply(runtime, events, sources, _learn_observed, runtime, engine, valid, sources)
-            if res is FAILED:
-                continue
-            topic = s.topic("interactions")
-            metrics.EVENTS.labels(topic).inc(res.trained)
-            metrics.BATCH_SECONDS.labels(topic).observe(res.seconds)
-            if res.duplicates:
-                metrics.DUPLICATES.labels(topic).inc(len(res.duplicates))
-            if res.unknown_items:
-                metrics.UNKNOWN_ITEMS.inc(len(res.unknown_items))
-            for lag in res.upsert_lag_ms:
-                metrics.UPSERT_LAG.observe(max(lag, 0.0) / 1000)
-            metrics.LOSS.set(res.loss)
-            metrics.MODEL_VERSION.set(engine.model_version)
-            metrics.INDEX_SIZE.set(len(engine.index))
+            # Durable here; Faust acks the batch when this body returns, and the queue trains it
+            # on the training thread while the next batch is read.
+            committed = await apply_batch(runtime, events, sources, engine.commit_interactions, valid, sources,
+                                          commit=True)
+            if committed is not FAILED:
+                await queue.put(committed, events)
 
     @app.agent(topics["items"], name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:
@@ -136,7 +104,7 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
             if not valid or await _staged(runtime, engine, "items", valid, sources):
                 continue
             t0 = time.perf_counter()
-            res = await _apply(runtime, events, sources, engine.apply_items, valid, sources)
+            res = await apply_batch(runtime, events, sources, engine.apply_items, valid, sources)
             if res is FAILED:
                 continue
             topic = s.topic("items")
@@ -156,7 +124,7 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid, sources = await _validate(runtime, list(events), decode_user)
             if valid and not await _staged(runtime, engine, "users", valid, sources):
-                if await _apply(runtime, events, sources, engine.apply_users, valid, sources) is FAILED:
+                if await apply_batch(runtime, events, sources, engine.apply_users, valid, sources) is FAILED:
                     continue
                 metrics.EVENTS.labels(s.topic("users")).inc(len(valid))
 

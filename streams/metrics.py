@@ -21,6 +21,10 @@ UPSERT_LAG = Histogram(
     "towerstream_upsert_lag_seconds", "Event time to index upsert",
     buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
+TRAIN_BATCH_EVENTS = Histogram(
+    "towerstream_train_batch_events", "Interactions per train step (queued batches are merged under backlog)",
+    buckets=(16, 64, 128, 256, 512, 1024, 2048, 4096),
+)
 LOSS = Gauge("towerstream_train_loss", "Loss of the last training step")
 MODEL_VERSION = Gauge("towerstream_model_version", "Training steps applied")
 INDEX_SIZE = Gauge("towerstream_index_items", "Items in the vector index")

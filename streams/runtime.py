@@ -36,6 +36,10 @@ class WorkerRuntime:
         self.engine: Engine | None = None
         self.train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
         self.serve_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="serve")
+        #: Durable halves of interaction batches (``Engine.commit_interactions``), apart from training.
+        self.commit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        #: The interactions agent's queue of committed batches (``streams.training_queue``).
+        self.training_queue: Any = None
         self._ready: asyncio.Event | None = None
         self.kafka_up = False
         self.started_at = time.time()
@@ -117,6 +121,10 @@ class WorkerRuntime:
         """Run an engine mutation off the event loop, serialised with every other mutation."""
         return await asyncio.get_running_loop().run_in_executor(self.train_pool, lambda: fn(*args))
 
+    async def run_commit(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a durable commit off the event loop and apart from training (ordered among commits)."""
+        return await asyncio.get_running_loop().run_in_executor(self.commit_pool, lambda: fn(*args))
+
     async def serve(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.serve_pool, lambda: fn(*args, **kw))
 
@@ -164,6 +172,8 @@ class WorkerRuntime:
 
     async def close(self) -> None:
         if self.engine is not None:
+            if self.training_queue is not None:
+                await self.training_queue.join()  # train what was acknowledged: no replay at the next start
             await self.checkpoint()
             await self.run(self.engine.close)
             self.engine = None

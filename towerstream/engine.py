@@ -93,6 +93,21 @@ class LearnResult:
     upsert_lag_ms: list[float] = field(default_factory=list)
 
 
+@dataclass
+class Committed:
+    """A batch of interactions made durable (dedup markers, journal entry) but not trained yet.
+
+    The worker acknowledges a batch once it is committed and trains it on the training thread
+    while the next batch is read: a crash in between is covered by the journal replay.
+    """
+
+    events: list[Interaction]
+    sources: list[SourcePos | None]
+    seq: int
+    duplicates: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
 #: Tie-break of equal event times in ordered mode: catalog first, then profiles, then interactions.
 _STAGE_RANK = {"items": 0, "users": 1, "interactions": 2}
 
@@ -148,6 +163,14 @@ class Engine:
         #: Seconds of training since the last checkpoint: about what a restart would replay.
         self.unsaved_train_s = 0.0
         self.lock = threading.RLock()
+        #: Serialises the durable part of every call (id maps, counters, journal sequence), which
+        #: for interactions runs apart from training (``commit_interactions``).
+        self.commit_lock = threading.RLock()
+        #: Journal sequences of committed interaction batches not trained yet: a checkpoint covers
+        #: the journal only up to just before the oldest of them.
+        self._untrained: set[int] = set()
+        #: Interactions in those batches: durable and acknowledged, not yet in the model or serving.
+        self.untrained_events = 0
         #: Event ids added to history by ``observe`` and not yet learned.
         self._observed: set[str] = set()
         self._reembed_cursor = 0
@@ -276,8 +299,8 @@ class Engine:
 
     def checkpoint(self) -> Path:
         """Persist towers + index + engine state at the current journal position, then trim the journal."""
-        with self.lock:
-            seq = self.seq
+        with self.lock, self.commit_lock:
+            seq = self.applied_seq()
             self.unsaved_train_s = 0.0
             blobs = {
                 "towers": self.trainer.state_bytes(),
@@ -305,6 +328,14 @@ class Engine:
         self.store.delete_range("j:", upto_key=_seq_key(min(kept, default=seq) + 1))
         log.info("checkpoint_saved", seq=seq, path=str(info.path), items=len(self.index))
         return info.path
+
+    def applied_seq(self) -> int:
+        """The journal position whose effects are all in memory (a checkpoint covers up to here).
+
+        Item and profile entries after it may be applied already: replaying them is idempotent.
+        """
+        with self.commit_lock:
+            return min(self._untrained) - 1 if self._untrained else self.seq
 
     def close(self) -> None:
         self.store.flush()
@@ -373,7 +404,9 @@ class Engine:
             self.store.put_bytes(key, b"", batch=batch)
             fresh.append(ev)
             fresh_src.append(sources[n] if sources else None)
-        if fresh:
+        if not fresh:
+            return res
+        with self.commit_lock:
             self.items.get_or_create([e.item_id for e in fresh], batch=batch)
             for ev, src in zip(fresh, fresh_src):
                 record = {"deleted": isinstance(ev, ItemDelete), "ts": epoch_ms(ev.ts),
@@ -382,9 +415,8 @@ class Engine:
                 self.store.put_json("item:" + ev.item_id, record, batch=batch)
             self._journal(batch, "items", fresh, fresh_src)
             self.store.write(batch)
-            with self.lock:
-                up, dl = self._apply_items_now(fresh)
-            res.upserted, res.deleted = up, dl
+        with self.lock:
+            res.upserted, res.deleted = self._apply_items_now(fresh)
         return res
 
     def _is_live(self, row: int) -> bool:
@@ -424,12 +456,13 @@ class Engine:
     def apply_users(self, events: Sequence[UserProfile], sources: Sequence[SourcePos | None] | None = None) -> None:
         if not events:
             return
-        batch = self.store.batch()
-        self.users.get_or_create([e.user_id for e in events], batch=batch)
-        for ev in events:
-            self.store.put_json("user:" + ev.user_id, ev.features, batch=batch)
-        self._journal(batch, "users", events, sources)
-        self.store.write(batch)
+        with self.commit_lock:
+            batch = self.store.batch()
+            self.users.get_or_create([e.user_id for e in events], batch=batch)
+            for ev in events:
+                self.store.put_json("user:" + ev.user_id, ev.features, batch=batch)
+            self._journal(batch, "users", events, sources)
+            self.store.write(batch)
         with self.lock:
             self._apply_users_now(events)
 
@@ -442,32 +475,66 @@ class Engine:
         self, events: Sequence[Interaction], sources: Sequence[SourcePos | None] | None = None
     ) -> LearnResult:
         """Train on one micro-batch: dedup by event id, journal, train, re-embed touched items."""
+        return self.train_committed([self.commit_interactions(events, sources)])
+
+    def commit_interactions(
+        self, events: Sequence[Interaction], sources: Sequence[SourcePos | None] | None = None
+    ) -> Committed:
+        """The durable half of ``learn``: dedup markers, id rows, counter and journal in one WriteBatch.
+
+        Safe to call on another thread than training (serialised by ``commit_lock``); the
+        returned batch must then go to ``train_committed``, in commit order.
+        """
         t0 = time.perf_counter()
-        res = LearnResult()
         fresh: list[Interaction] = []
         fresh_src: list[SourcePos | None] = []
+        dups: list[str] = []
         in_batch: set[str] = set()
-        batch = self.store.batch()
-        known = self.store.get_many(["ev:" + ev.event_id for ev in events])  # one MultiGet per batch
-        for n, ev in enumerate(events):
-            key = "ev:" + ev.event_id
-            if ev.event_id in in_batch or known[n] is not None:
-                res.duplicates.append(ev.event_id)
-                continue
-            in_batch.add(ev.event_id)
-            self.store.put_bytes(key, b"", batch=batch)
-            fresh.append(ev)
-            fresh_src.append(sources[n] if sources else None)
-        if fresh:
-            self.users.get_or_create([e.user_id for e in fresh], batch=batch)
-            self.items.get_or_create([e.item_id for e in fresh], batch=batch)
-            self.store.incr("trained", len(fresh), batch=batch)
-            self._journal(batch, "interactions", fresh, fresh_src)
-            self.store.write(batch)
-            with self.lock:
-                res.loss, res.unknown_items, res.upsert_lag_ms = self._learn_now(fresh)
-            res.trained = len(fresh)
-        res.seconds = time.perf_counter() - t0
+        with self.commit_lock:
+            batch = self.store.batch()
+            known = self.store.get_many(["ev:" + ev.event_id for ev in events])  # one MultiGet per batch
+            for n, ev in enumerate(events):
+                if ev.event_id in in_batch or known[n] is not None:
+                    dups.append(ev.event_id)
+                    continue
+                in_batch.add(ev.event_id)
+                self.store.put_bytes("ev:" + ev.event_id, b"", batch=batch)
+                fresh.append(ev)
+                fresh_src.append(sources[n] if sources else None)
+            seq = 0
+            if fresh:
+                self.users.get_or_create([e.user_id for e in fresh], batch=batch)
+                self.items.get_or_create([e.item_id for e in fresh], batch=batch)
+                self.store.incr("trained", len(fresh), batch=batch)
+                self._journal(batch, "interactions", fresh, fresh_src)
+                self.store.write(batch)
+                seq = self.seq
+                self._untrained.add(seq)
+                self.untrained_events += len(fresh)
+        return Committed(fresh, fresh_src, seq, dups, time.perf_counter() - t0)
+
+    def train_committed(self, batches: Sequence[Committed]) -> LearnResult:
+        """The training half of ``learn``: one train step over the committed batches, merged.
+
+        Merging batches that queued up while the previous step ran is how a backlog gets larger
+        micro-batches (cheaper per event) without costing latency when traffic is light.
+        """
+        t0 = time.perf_counter()
+        res = LearnResult(seconds=sum(c.seconds for c in batches))
+        events = [ev for c in batches for ev in c.events]
+        res.duplicates = [d for c in batches for d in c.duplicates]
+        try:
+            if events:
+                with self.lock:
+                    res.loss, res.unknown_items, res.upsert_lag_ms = self._learn_now(events)
+                res.trained = len(events)
+        finally:
+            with self.commit_lock:
+                for c in batches:
+                    if c.seq in self._untrained:
+                        self._untrained.discard(c.seq)
+                        self.untrained_events -= len(c.events)
+        res.seconds += time.perf_counter() - t0
         return res
 
     def observe(self, events: Sequence[Interaction]) -> None:
@@ -479,8 +546,9 @@ class Engine:
         """
         if not events:
             return
-        u = self.users.get_or_create([e.user_id for e in events])
-        i = self.items.get_or_create([e.item_id for e in events])
+        with self.commit_lock:
+            u = self.users.get_or_create([e.user_id for e in events])
+            i = self.items.get_or_create([e.item_id for e in events])
         with self.lock:
             self.trainer.observe(u, i)
             self._append_seen(u, i)
@@ -743,6 +811,8 @@ class Engine:
             "users_known": float(len(self.users)),
             "model_version": float(self.model_version),
             "journal_seq": float(self.seq),
+            #: Durable (journaled) interactions; ``untrained_events`` of them are still queued for training.
             "trained_total": float(self.store.counter("trained")),
+            "untrained_events": float(self.untrained_events),
             "trained_in_model": float(self.trained_in_model),
         }

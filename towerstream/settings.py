@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     # Micro-batching and model cadence
     batch_max: int = 512
     batch_within_s: float = 0.05
+    #: Committed interaction batches that queued while a train step ran are merged into one step
+    #: of at most this many events (a backlog trains in larger, cheaper steps; light traffic does not queue).
+    train_batch_max: int = 2048
+    #: Committed-but-untrained interactions at most; intake waits beyond (bounds replay after a crash).
+    train_queue_max: int = 4096
     #: "arrival": apply each micro-batch as it comes (live). "event_time": stage durably and apply
     #: in (event time, topic, partition, offset) order once input is idle for ordering_idle_s:
     #: deterministic, for replays and backfills, not for live serving latency.

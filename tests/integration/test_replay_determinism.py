@@ -40,7 +40,7 @@ def run_once(broker: EmbeddedBroker, root: Path, prefix: str, records: list[Reco
         worker.wait_ready(90)
         n_items = sum(r.topic == "items" for r in records)
         wait_for(worker, lambda b: b.get("trained_total", 0) >= SPEC.interactions
-                 and b.get("items_indexed", 0) >= n_items, timeout=150)
+                 and b.get("items_indexed", 0) >= n_items and b.get("untrained_events") == 0, timeout=150)
         time.sleep(1.0)
         out: dict[str, Any] = {
             "health": wait_for(worker, lambda b: True),

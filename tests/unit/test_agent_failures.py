@@ -6,7 +6,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from streams.agents import FAILED, _apply
+from streams.batch_apply import FAILED
+from streams.batch_apply import apply_batch as _apply
 from towerstream.engine import SourcePos
 
 
