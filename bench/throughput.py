@@ -6,8 +6,9 @@
 One Tansu broker; a catalog (``--items``) and a backlog of interactions (``--events``, users
 mostly inside a taste cluster) are produced once, as raw JSON bytes, into the worker's topics.
 Each run then starts a fresh worker process (``faust -A streams.app worker``, fresh data dir
-and consumer group, so it reads the backlog from the start) and samples ``trained_total`` on
-``/healthz`` every second: the figure is the rate over a ``--duration`` window that starts
+and consumer group, so it reads the backlog from the start) and samples the events trained
+into the model (``trained_total - untrained_events`` on ``/healthz``) every second: the figure is the rate over a
+``--duration`` window that starts
 once the catalog is indexed and ``--warmup`` interactions are trained, plus the slowest
 1-second rate inside it. Every interaction goes through the real path: raw bytes -> pydantic
 validation -> RocksDB WriteBatch (dedup, journal) -> train step -> re-embed touched items ->
@@ -151,8 +152,8 @@ def run_worker(broker: Any, prefix: str, run: int, args: argparse.Namespace, tot
     w = start_worker(settings, work / f"worker{run}.log")
     try:
         def read() -> int | None:
-            b = health(w.base_url)
-            return int(b["trained_total"]) if "trained_total" in b else None
+            b = health(w.base_url)  # trained into the model: durable minus still queued for training
+            return int(b["trained_total"] - b.get("untrained_events", 0)) if "trained_total" in b else None
 
         def ready() -> bool:
             return health(w.base_url).get("items_indexed", 0) >= args.items
@@ -172,7 +173,7 @@ def run_worker(broker: Any, prefix: str, run: int, args: argparse.Namespace, tot
         res["batches"] = cnt
         res["mean_batch_ms"] = 1000 * tot / cnt if cnt else None
         res["mean_batch_size"] = (m.get(f'towerstream_events_total{{topic="{prefix}.interactions"}}', 0.0) / cnt
-                                  if cnt else None)
+                                  if cnt else None)  # per train step (queued batches are merged)
     finally:
         w.stop(timeout=60)
         shutil.rmtree(data, ignore_errors=True)

@@ -267,6 +267,10 @@ class TwoTowerTrainer:
     ) -> torch.Tensor:
         """(B,) user rows, (B, L) history rows (most recent first, -1 padded) -> (B, D)."""
         valid = hist >= 0
+        # Histories are most recent first and -1 padded at the end: drop the columns no user in
+        # the batch fills (the pooling is the same; short histories no longer cost a full L).
+        width = max(int(valid.sum(1).max()) if len(hist) else 0, 1)
+        hist, valid = hist[:, :width], valid[:, :width]
         uniq, inv = np.unique(np.where(valid, hist, 0), return_inverse=True)
         vecs = self.model.item_out(self._item_base(uniq))  # (U, D): the item tower's own embeddings
         gathered = vecs[self._t(inv.reshape(hist.shape))]  # (B, L, D)

@@ -78,6 +78,9 @@ class DriftConfig:
     every_events: int = 2000
     every_s: float = 30.0
     sample_rate: float = 0.1
+    #: Sampled events scored per learned batch at most (the first ones): probing costs a recommendation
+    #: each, on the training thread, so under a backlog (large merged batches) it is bounded per step.
+    max_probes_per_batch: int = 64
     k: int = 10
     warmup_events: int = 1000
     #: Items snapshotted at each report (shift, norms, collapse).
@@ -112,6 +115,7 @@ class DriftSettings(BaseSettings):
     every_events: int = 2000
     every_s: float = 30.0
     sample_rate: float = 0.1
+    max_probes_per_batch: int = 64
     k: int = 10
     warmup_events: int = 1000
     track_items: int = 1000
@@ -303,6 +307,8 @@ class DriftMonitor:
             if urow is not None and irow is not None and irow in engine.seen_rows(urow):
                 continue  # a repeat cannot be recommended (seen items are excluded)
             probes.append(ev)
+            if len(probes) >= cfg.max_probes_per_batch:
+                break
         if not probes:
             return res
         users = list(dict.fromkeys(ev.user_id for ev in probes))

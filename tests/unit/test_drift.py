@@ -248,3 +248,20 @@ def test_cli_plot_runs_the_monitor_offline_over_events(tmp_path: Path, monkeypat
     assert "plotted=3 source=offline" in capsys.readouterr().out
     assert (tmp_path / "d.png").read_bytes().startswith(PNG_MAGIC)
     assert cli_main(["drift", "plot", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "x.png")]) == 1
+
+
+def test_probes_per_batch_are_bounded(tmp_path: Path) -> None:
+    """A large (merged) batch scores at most ``max_probes_per_batch`` events: probing runs on the training thread."""
+    engine = Engine.open(tmp_path / "engine", EngineConfig(tower=TowerConfig(**SMALL_TOWER), index_kind="flat"))
+    try:
+        events = [e for e in (decode_record(r) for r in generate(StreamSpec(interactions=1500, seed=0))) if e is not None]
+        items = [e for e in events if type(e).__name__ == "ItemUpsert"]
+        inter = [e for e in events if type(e).__name__ == "Interaction"]
+        engine.apply_items(items)
+        engine.learn(inter[:500])
+        capped = DriftMonitor(DriftConfig(sample_rate=1.0, max_probes_per_batch=40))
+        assert capped.before_learn(engine, inter[500:1500]).scored == 40
+        uncapped = DriftMonitor(DriftConfig(sample_rate=1.0, max_probes_per_batch=10_000))
+        assert uncapped.before_learn(engine, inter[500:1500]).scored > 40
+    finally:
+        engine.close()
