@@ -9,7 +9,7 @@ with opaque blobs (e.g. tower weights) atomically.
 from __future__ import annotations
 
 from index_store.checkpoint import CheckpointInfo, load_latest_checkpoint, save_checkpoint
-from index_store.errors import CheckpointError, DimensionMismatch, IndexStoreError, UnknownId
+from index_store.errors import CheckpointError, DimensionMismatch, IndexStoreError, UnknownId, WouldBlock
 from index_store.id_map import IdMap
 from index_store.meta_store import MetaStore
 from index_store.vector_index import IndexKind, VectorIndex
@@ -23,6 +23,7 @@ __all__ = [
     "IndexStoreError",
     "MetaStore",
     "UnknownId",
+    "WouldBlock",
     "VectorIndex",
     "load_latest_checkpoint",
     "save_checkpoint",

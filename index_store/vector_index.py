@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from index_store._fs import fsync_dir
-from index_store.errors import DimensionMismatch, IndexStoreError, UnknownId
+from index_store.errors import DimensionMismatch, IndexStoreError, UnknownId, WouldBlock
 
 __all__ = ["IndexKind", "VectorIndex"]
 
@@ -251,13 +251,16 @@ class VectorIndex:
         xq: npt.ArrayLike,
         k: int,
         exclude: Sequence[Collection[int]] | None = None,
+        *,
+        wait_s: float | None = None,
     ) -> tuple[npt.NDArray[np.float32], Ids]:
         """Top-k by inner product.
 
         xq ``(B, D)`` -> ``(D (B, k) float32 scores, I (B, k) int64 ids)``, best first; rows with
         fewer than k results are padded with score -inf and id -1. ``exclude[b]`` holds ids that
         must not appear in row b (items the user has seen). Exact for "flat" (and for "ivf"
-        before it trains); for trained "ivf" as good as its nprobe.
+        before it trains); for trained "ivf" as good as its nprobe. With ``wait_s``, raises
+        ``WouldBlock`` after that long instead of waiting out an upsert, save or re-train.
         """
         q = self._as_vectors(xq, "xq")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -270,7 +273,9 @@ class VectorIndex:
         I = np.full((nq, k), -1, dtype=np.int64)
         if nq == 0:
             return D, I
-        with self._lock:
+        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            raise WouldBlock("index busy (upsert, save or re-train in progress)")
+        try:
             n_live = len(self._live)
             if n_live == 0:
                 return D, I
@@ -281,6 +286,8 @@ class VectorIndex:
                 D[:, : Ik.shape[1]], I[:, : Ik.shape[1]] = Dk, Ik
             else:
                 self._search_excluding(index, q, k, exclude, D, I)
+        finally:
+            self._lock.release()
         missing = I < 0
         I[missing] = -1
         D[missing] = _NEG_INF  # Faiss pads with -FLT_MAX; -inf is unambiguous

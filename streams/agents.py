@@ -84,7 +84,8 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
     async def interactions(stream: faust.StreamT[bytes]) -> None:
         engine = await runtime.wait_ready()
         queue = runtime.training_queue = TrainingQueue(
-            runtime, engine, s.topic("interactions"), max_events=s.train_batch_max, max_pending=s.train_queue_max)
+            runtime, engine, s.topic("interactions"), max_events=s.train_batch_max, max_pending=s.train_queue_max,
+            merge_after=s.train_merge_after)
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid, sources = await _validate(runtime, list(events), decode_interaction)
             if not valid or await _staged(runtime, engine, "interactions", valid, sources):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from typing import Any
 
@@ -102,6 +103,8 @@ def create_app(settings: Settings) -> faust.App:
         TableManager=_TableManager,
     )
     runtime = WorkerRuntime(settings)
+    if settings.gil_switch_interval_ms > 0:
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     app.towerstream_runtime = runtime  # type: ignore[attr-defined]
 
     def topic(name: str, partitions: int | None = None, config: dict[str, Any] | None = None) -> Any:

@@ -34,5 +34,8 @@ RECOMMEND_SECONDS = Histogram(
     "towerstream_recommend_seconds", "Time to answer one recommendation request", ["source"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+SERVED_OFF_LOOP = Counter(
+    "towerstream_served_off_loop_total", "Queries answered on a serving thread because a lock was held (see serve_inline_wait_ms)"
+)
 CHECKPOINT_SECONDS = Gauge("towerstream_checkpoint_seconds", "Duration of the last checkpoint")
 HTTP_REJECTED = Counter("towerstream_http_rejected_total", "HTTP requests answered 4xx", ["path", "status"])

@@ -4,8 +4,9 @@ Reading a batch through Faust costs about as much as training it, so doing the t
 wastes a core. The interactions agent makes each batch durable (``Engine.commit_interactions``:
 dedup markers and journal in one RocksDB WriteBatch, on a thread of its own), lets Faust
 acknowledge it, and queues it here; one coroutine trains what is queued on the training thread,
-merging the batches that arrived during the previous step into one (up to ``max_events``).
-Light traffic therefore trains every batch at once, a backlog trains fewer, larger batches.
+merging the batches that arrived during the previous step into one (up to ``max_events``,
+once the model has learned ``merge_after`` events). Light traffic therefore trains every batch
+at once, a backlog trains fewer, larger batches.
 
 What this changes for safety: nothing. Effects are durable at commit, as before; a crash with
 batches queued replays them from the journal, and a checkpoint covers the journal only up to
@@ -52,11 +53,14 @@ def _train_observed(runtime: WorkerRuntime, engine: Any, batches: list[Committed
 class TrainingQueue:
     """Committed interaction batches waiting for the training thread; at most ``max_pending`` events."""
 
-    def __init__(self, runtime: WorkerRuntime, engine: Any, topic: str, max_events: int, max_pending: int) -> None:
+    def __init__(self, runtime: WorkerRuntime, engine: Any, topic: str, max_events: int, max_pending: int,
+                 merge_after: int = 0) -> None:
         self.runtime = runtime
         self.engine = engine
         self.topic = topic
         self.max_events = max(max_events, 1)
+        #: Below this many events learned, no merging: each committed batch is its own step.
+        self.merge_after = merge_after
         self.max_pending = max(max_pending, self.max_events)
         self._queue: list[_Queued] = []
         self._pending = 0
@@ -90,7 +94,8 @@ class TrainingQueue:
         while self._queue:
             take: list[_Queued] = []
             n = 0
-            while self._queue and (not take or n + len(self._queue[0].committed.events) <= self.max_events):
+            limit = self.max_events if self.engine.trained_in_model >= self.merge_after else 0
+            while self._queue and (not take or n + len(self._queue[0].committed.events) <= limit):
                 q = self._queue.pop(0)
                 take.append(q)
                 n += len(q.committed.events)

@@ -24,7 +24,7 @@ import numpy as np
 import structlog
 import torch
 
-from index_store import CheckpointError, MetaStore, VectorIndex, load_latest_checkpoint, save_checkpoint
+from index_store import CheckpointError, MetaStore, VectorIndex, WouldBlock, load_latest_checkpoint, save_checkpoint
 from towers import TowerConfig, TwoTowerTrainer
 from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
 from towerstream.events.base import epoch_ms
@@ -750,8 +750,13 @@ class Engine:
         exclude_seen: bool = True,
         filters: Filters | None = None,
         contexts: Sequence[Mapping[str, Any]] | None = None,
+        wait_s: float | None = None,
     ) -> list[Recommendations]:
-        """Top-k per user: user tower -> index search -> seen/business filters; popularity if no model answer."""
+        """Top-k per user: user tower -> index search -> seen/business filters; popularity if no model answer.
+
+        ``wait_s``: raise ``WouldBlock`` rather than wait longer than that for a lock (the worker
+        answers on its event loop when nothing blocks, on a serving thread otherwise).
+        """
         excluded_ids = set(filters.exclude_items) if filters else set()
         excl_rows = {r for r in (self.items.get(x) for x in excluded_ids) if r is not None}
         rows: list[int | None] = []
@@ -770,14 +775,26 @@ class Engine:
         if model_idx and reason is None:
             urows = np.array([rows[n] for n in model_idx], dtype=np.int64)
             ctx = [dict(contexts[n]) if contexts else {} for n in model_idx] if contexts else None
-            with self.lock:
+            if int(urows.max()) < self.trainer.user_capacity():
+                # Not under the engine lock: a train step holds it for 100-400 ms. The forward reads
+                # weights the optimizer may be updating in place (a query can mix two steps'
+                # weights); tables grow by replacement, never in place, so reads stay valid.
                 uvec = self.trainer.embed_users(urows, ctx)
+            else:
+                # A user created since the last train step: the tables must grow.
+                if not self.lock.acquire(timeout=-1 if wait_s is None else wait_s):
+                    raise WouldBlock("engine busy (a train step holds the tables)")
+                try:
+                    uvec = self.trainer.embed_users(urows, ctx)
+                finally:
+                    self.lock.release()
             has_filters = filters is not None and (
                 filters.include_categories or filters.exclude_categories or filters.exclude_creators)
             fetch = k * (4 if has_filters else 1)
             pending = list(range(len(model_idx)))
             while pending:
-                D, I = self.index.search(uvec[pending], fetch, exclude=[exclude[model_idx[j]] for j in pending])
+                D, I = self.index.search(uvec[pending], fetch, exclude=[exclude[model_idx[j]] for j in pending],
+                                         wait_s=wait_s)
                 short = []
                 for row_i, j in enumerate(pending):
                     picked: list[tuple[int, float]] = []  # plain ints and floats, stop at k: 2x faster

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     #: Committed interaction batches that queued while a train step ran are merged into one step
     #: of at most this many events (a backlog trains in larger, cheaper steps; light traffic does not queue).
     train_batch_max: int = 2048
+    #: ...but only once the model has learned this many interactions: a fresh model needs many
+    #: small steps (merged, a 6,000-event backlog took ~6 steps and left a new worker undertrained).
+    train_merge_after: int = 20_000
     #: Committed-but-untrained interactions at most; intake waits beyond (bounds replay after a crash).
     train_queue_max: int = 4096
     #: "arrival": apply each micro-batch as it comes (live). "event_time": stage durably and apply
@@ -66,6 +69,14 @@ class Settings(BaseSettings):
     #: that much training before its first new event (0 turns the bound off).
     checkpoint_max_replay_s: float = 4.0
     reembed_every_s: float = 300.0
+
+    #: Python's GIL switch interval in the worker (ms). Serving, intake and training share one
+    #: process: a query thread waiting for the GIL waits up to this long at each hand-over, and
+    #: a query hands over several times (CPython's default is 5 ms).
+    gil_switch_interval_ms: float = 0.5
+    #: Queries run on the event loop unless a lock stays held this long (then on a serving
+    #: thread); -1 always uses the serving threads.
+    serve_inline_wait_ms: float = 2.0
 
     # Model
     embedding_dim: int = 64

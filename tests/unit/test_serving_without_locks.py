@@ -1,0 +1,81 @@
+"""Queries do not wait for a train step, and with a wait limit they give up instead of blocking.
+
+The worker answers on its event loop: a held lock (a train step, an index save or re-train)
+must not stall it, so ``wait_s`` makes the call raise ``WouldBlock`` and the worker retries the
+query on a serving thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index_store import VectorIndex, WouldBlock
+from towers import TowerConfig
+from towerstream.engine import Engine, EngineConfig
+from towerstream.events import Interaction, ItemUpsert
+
+SMALL = EngineConfig(tower=TowerConfig(dim=16, hidden=32, uniform_negatives=16, seed=1), index_kind="flat")
+T0 = 1_700_000_000_000
+
+
+def engine(path: Path) -> Engine:
+    eng = Engine.open(path, SMALL)
+    eng.apply_items([ItemUpsert(item_id=f"i{i}", title=f"t{i % 3}", categories=[f"g{i % 3}"], ts=T0) for i in range(30)])
+    eng.learn([Interaction(event_id=f"e{n}", user_id=f"u{n % 5}", item_id=f"i{n % 30}", ts=T0 + n) for n in range(60)])
+    return eng
+
+
+def test_index_search_gives_up_after_wait_s_while_the_lock_is_held() -> None:
+    index = VectorIndex(8, "flat")
+    rng = np.random.default_rng(0)
+    index.upsert(np.arange(100), rng.normal(size=(100, 8)).astype(np.float32))
+    q = rng.normal(size=(1, 8)).astype(np.float32)
+    with index._lock:  # as an upsert, save or re-train would hold it
+        t0 = time.perf_counter()
+        with pytest.raises(WouldBlock):
+            index.search(q, 5, wait_s=0.01)
+        assert time.perf_counter() - t0 < 1.0
+    _, ids = index.search(q, 5, wait_s=0.01)
+    assert (ids >= 0).all()
+
+
+def test_known_users_are_served_while_a_train_step_holds_the_engine_lock(tmp_path: Path) -> None:
+    eng = engine(tmp_path)
+    answers: list[object] = []
+
+    def query() -> None:
+        answers.append(eng.recommend("u1", 5, wait_s=0.01))
+
+    with eng.lock:  # a train step in progress on the training thread
+        t = threading.Thread(target=query)
+        t.start()
+        t.join(5)
+    assert answers and answers[0].source == "model" and len(answers[0].items) == 5  # type: ignore[attr-defined]
+
+
+def test_a_user_beyond_the_tables_waits_for_the_lock_or_gives_up(tmp_path: Path) -> None:
+    eng = engine(tmp_path)
+    cap = eng.trainer.user_capacity()
+    # Id rows are made at commit time, before the train step grows the tables to them.
+    rows = eng.users.get_or_create([f"new{n}" for n in range(cap + 1)])
+    assert int(rows.max()) >= eng.trainer.user_capacity()
+    newest = eng.users.external([int(rows.max())])[0]
+    errors: list[BaseException] = []
+
+    def query() -> None:
+        try:
+            eng.recommend(newest, 5, wait_s=0.01)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    with eng.lock:
+        t = threading.Thread(target=query)
+        t.start()
+        t.join(5)
+    assert errors and isinstance(errors[0], WouldBlock)
+    assert eng.recommend(newest, 5).source == "model"  # without a limit it waits, grows and answers
