@@ -754,8 +754,9 @@ class Engine:
     ) -> list[Recommendations]:
         """Top-k per user: user tower -> index search -> seen/business filters; popularity if no model answer.
 
-        ``wait_s``: raise ``WouldBlock`` rather than wait longer than that for a lock (the worker
-        answers on its event loop when nothing blocks, on a serving thread otherwise).
+        ``wait_s``: raise ``WouldBlock`` rather than wait longer than that for a lock, or widen a
+        filtered search (the worker answers on its event loop when the query is quick, on a
+        serving thread otherwise).
         """
         excluded_ids = set(filters.exclude_items) if filters else set()
         excl_rows = {r for r in (self.items.get(x) for x in excluded_ids) if r is not None}
@@ -809,6 +810,9 @@ class Engine:
                         short.append(j)  # filters removed too much: widen the search
                 if fetch >= len(self.index):
                     break
+                if short and wait_s is not None:
+                    # Widening can scan the whole catalog (tens of ms): not on the caller's event loop.
+                    raise WouldBlock("filters need a wider search")
                 pending, fetch = short, min(fetch * 8, len(self.index))
         for n, r in enumerate(rows):
             if out[n].source == "model":

@@ -79,3 +79,14 @@ def test_a_user_beyond_the_tables_waits_for_the_lock_or_gives_up(tmp_path: Path)
         t.join(5)
     assert errors and isinstance(errors[0], WouldBlock)
     assert eng.recommend(newest, 5).source == "model"  # without a limit it waits, grows and answers
+
+
+def test_a_filtered_query_that_must_widen_gives_up_with_a_wait_limit(tmp_path: Path) -> None:
+    from towerstream.events import Filters
+
+    eng = engine(tmp_path)
+    rare = Filters(include_categories=["g2"])  # a third of the catalog: the first fetch of k is short
+    with pytest.raises(WouldBlock):
+        eng.recommend("u1", 5, filters=rare, exclude_seen=False, wait_s=0.01)
+    rec = eng.recommend("u1", 5, filters=rare, exclude_seen=False)
+    assert len(rec.items) == 5 and all(int(i[1:]) % 3 == 2 for i, _ in rec.items)
