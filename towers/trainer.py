@@ -424,6 +424,10 @@ class TwoTowerTrainer:
         # Unit norm kept: the bonus tilts the vector towards the users' constant coordinate.
         return np.concatenate([vecs * np.sqrt(1.0 - bonus**2), bonus], axis=1)
 
+    def user_capacity(self) -> int:
+        """Rows ``embed_users`` can read without growing anything (tables grow before the id table)."""
+        return min(self.user_feats.shape[0], self.model.user_id.capacity)
+
     @torch.no_grad()
     def embed_users(self, user_rows: np.ndarray, contexts: Sequence[Mapping[str, object]] | None = None) -> np.ndarray:
         """(B,) user rows -> (B, D) float32, unit norm: ``[u, 1] / sqrt(2)`` (the last is the bias channel)."""
