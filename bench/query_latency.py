@@ -42,9 +42,8 @@ from bench._common import (  # noqa: E402
     add_run_args,
     begin,
     KeepAlive,
-    Paced,
+    PacedProcess,
     build_state,
-    bulk_producer,
     copy_state,
     cpu_seconds,
     fmt,
@@ -134,7 +133,6 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
         # reference: the same queries with no upserts flowing
         lat_idle, _ = query_phase(http, users, args.queries // 2, rng, "")
         # 2. latency while upserts flow
-        prod = bulk_producer(settings, linger_ms=5, batch_size=64 * 1024)
         items, clusters = meta["items"], 16
         up_rng = random.Random(args.seed * 1000 + run)
 
@@ -143,7 +141,8 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
             return f"i{i}".encode(), item_json(f"i{i}", i % clusters, i + 1 + n, int(time.time() * 1000))
 
         m0 = scrape_metrics(w.base_url)
-        paced = Paced(prod, settings.topic("items"), upsert, rate=args.upsert_rate)
+        paced = PacedProcess(settings, settings.topic("items"), upsert, rate=args.upsert_rate,
+                             linger_ms=5, batch_size=64 * 1024)
         c0, t1 = cpu_seconds(w.proc.pid), time.monotonic()
         paced.start()
         time.sleep(3.0)
