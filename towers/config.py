@@ -41,6 +41,10 @@ class TowerConfig:
     #: steps: a fresh model must become useful within a few thousand events, a mature one must not drift.
     lr_burn_in_factor: float = 5.0
     lr_burn_in_steps: int = 100
+    #: Apply the burn-in to the item id table too. Off: a hot start inflates the id embeddings of the
+    #: items that happen to come first, and content-only (cold) items then score low against them
+    #: (ml-100k seed 0: cold HR@10 0.0477 -> 0.0519, HR@10 0.1996 -> 0.2005, NDCG@10 0.1002 -> 0.1013).
+    lr_burn_in_item_ids: bool = False
     #: Uniform negatives sampled from the live catalog per step (mixed negatives).
     uniform_negatives: int = 512
     #: Streaming logQ correction of in-batch negatives (Yi et al. 2019).

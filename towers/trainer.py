@@ -104,11 +104,13 @@ class TwoTowerTrainer:
 
     # ----- capacity -------------------------------------------------------------------
     def _build_optimizers(self) -> None:
-        sparse = [self.model.item_id.weight, self.model.user_id.weight, self.model.text.weight,
-                  self.model.cats.weight, self.model.feats.weight]
-        sparse_ids = {id(p) for p in sparse}
+        sparse = [self.model.user_id.weight, self.model.text.weight, self.model.cats.weight, self.model.feats.weight]
+        sparse_ids = {id(p) for p in sparse} | {id(self.model.item_id.weight)}
         dense = [p for p in self.model.parameters() if id(p) not in sparse_ids]
-        self.opt_sparse = torch.optim.SparseAdam(sparse, lr=self.cfg.sparse_lr)
+        # The item id table is a group of its own, so the burn-in can leave it out.
+        self.opt_sparse = torch.optim.SparseAdam(
+            [{"params": [self.model.item_id.weight], "burn_in": self.cfg.lr_burn_in_item_ids},
+             {"params": sparse, "burn_in": True}], lr=self.cfg.sparse_lr)
         self.opt_dense = torch.optim.Adam(dense, lr=self.cfg.dense_lr)
 
     def _grow_embedding(self, emb: DynamicEmbedding, needed: int) -> None:
@@ -379,7 +381,7 @@ class TwoTowerTrainer:
         scale = 1.0 + (cfg.lr_burn_in_factor - 1.0) * burn
         for opt, lr in ((self.opt_sparse, cfg.sparse_lr), (self.opt_dense, cfg.dense_lr)):
             for group in opt.param_groups:
-                group["lr"] = lr * scale
+                group["lr"] = lr * (scale if group.get("burn_in", True) else 1.0)
         self.opt_sparse.zero_grad(set_to_none=True)
         self.opt_dense.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
