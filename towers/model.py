@@ -98,13 +98,17 @@ class TwoTowerModel(nn.Module):
         """(N, D) base -> (N, D) L2-normalised item embedding."""
         return F.normalize(base + self.item_mlp(base), dim=-1)
 
-    def pool_history(self, hist_vecs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) item vectors, most recent first, (B, L) bool -> (B, D) recency-weighted mean."""
-        logits = self.pos_logit[: hist_vecs.shape[1]].unsqueeze(0).expand(valid.shape)
+    def pool_history(self, vecs: torch.Tensor, hist: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(U, D) item vectors, (B, L) rows into them (most recent first), (B, L) bool -> (B, D).
+
+        Recency-weighted mean. ``embedding_bag`` with per-sample weights sums without building
+        the (B, L, D) gather, which with its backward was most of a train step's memory traffic.
+        """
+        logits = self.pos_logit[: hist.shape[1]].unsqueeze(0).expand(valid.shape)
         logits = logits.masked_fill(~valid, float("-inf"))
         w = torch.softmax(logits, dim=1)
         w = torch.nan_to_num(w, nan=0.0)  # users without history: all -inf -> zero vector
-        return (w.unsqueeze(-1) * hist_vecs).sum(1)
+        return F.embedding_bag(hist, vecs, per_sample_weights=w, mode="sum")
 
     def user_out(self, user_rows: torch.Tensor, hist_pool: torch.Tensor, feat_ids: torch.Tensor) -> torch.Tensor:
         """(B,) rows, (B, D) pooled history, (B, F) feature buckets -> (B, D) normalised."""

@@ -275,8 +275,7 @@ class TwoTowerTrainer:
         hist, valid = hist[:, :width], valid[:, :width]
         uniq, inv = np.unique(np.where(valid, hist, 0), return_inverse=True)
         vecs = self.model.item_out(self._item_base(uniq))  # (U, D): the item tower's own embeddings
-        gathered = vecs[self._t(inv.reshape(hist.shape))]  # (B, L, D)
-        pooled = self.model.pool_history(gathered, self._t(valid))
+        pooled = self.model.pool_history(vecs, self._t(inv.reshape(hist.shape)), self._t(valid))
         feats = self.user_feats[user_rows]
         if contexts is not None:
             ctx = np.stack([
@@ -360,7 +359,7 @@ class TwoTowerTrainer:
         n_id = None if cfg.negative_id_grad else b
         items = self.model.item_out(self._item_base(cand, self._t(keep), n_id))  # (B+M, D)
         users = self._user_vectors(user_rows, hist, contexts)  # (B, D)
-        logits = (users @ items.T) * self.model.inv_temperature()  # (B, B+M)
+        logits = (users * self.model.inv_temperature()) @ items.T  # (B, B+M); scaled on the (B, D) side
         correction = np.zeros(len(cand), dtype=np.float32)
         if cfg.logq:
             correction[:b] = self.freq.log_prob(item_rows)
