@@ -368,6 +368,18 @@ class VectorIndex:
 
     # ------------------------------------------------------------ persistence
 
+    def copy(self) -> VectorIndex:
+        """An independent copy as of now: a checkpoint writes it while this index keeps changing."""
+        out = VectorIndex.__new__(VectorIndex)
+        with self._lock:
+            out.__dict__.update(self.__dict__)
+            out._lock = threading.Lock()
+            out._live = set(self._live)
+            out._pos = None
+            out._flat = faiss.clone_index(self._flat) if self._flat is not None else None
+            out._ivf = faiss.clone_index(self._ivf) if self._ivf is not None else None
+        return out
+
     def save(self, path: Path) -> None:
         """Write the index to `path` atomically (tmp file, fsync, os.replace).
 

@@ -38,4 +38,6 @@ SERVED_OFF_LOOP = Counter(
     "towerstream_served_off_loop_total", "Queries answered on a serving thread because a lock was held (see serve_inline_wait_ms)"
 )
 CHECKPOINT_SECONDS = Gauge("towerstream_checkpoint_seconds", "Duration of the last checkpoint")
+CHECKPOINT_PAUSE_SECONDS = Gauge("towerstream_checkpoint_pause_seconds",
+                                 "Training-thread time the last checkpoint took (its state copy)")
 HTTP_REJECTED = Counter("towerstream_http_rejected_total", "HTTP requests answered 4xx", ["path", "status"])

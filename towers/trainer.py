@@ -36,6 +36,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _copy_tree(obj: Any) -> Any:
+    """Deep copy of nested dicts/lists/tuples of tensors, arrays and plain values."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, dict):
+        return {k: _copy_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_copy_tree(v) for v in obj)
+    return obj
+
+
 def _grow(arr: np.ndarray, capacity: int, fill: float | int) -> np.ndarray:
     out = np.full((capacity, *arr.shape[1:]), fill, dtype=arr.dtype)
     out[: arr.shape[0]] = arr
@@ -442,7 +455,9 @@ class TwoTowerTrainer:
         return np.concatenate([vecs * half, np.full((len(vecs), 1), half, dtype=np.float32)], axis=1)
 
     # ----- persistence ---------------------------------------------------------------------
-    def state_bytes(self) -> bytes:
+    def state_snapshot(self) -> dict[str, Any]:
+        """A copy of the whole training state (tensors cloned, arrays copied): cheap enough to take
+        under the engine lock; ``serialize_state`` turns it into bytes later, off the training thread."""
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "opt_sparse": self.opt_sparse.state_dict(),
@@ -458,9 +473,17 @@ class TwoTowerTrainer:
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         }
+        copied: dict[str, Any] = _copy_tree(state)
+        return copied
+
+    @staticmethod
+    def serialize_state(state: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
         torch.save(state, buf)
         return buf.getvalue()
+
+    def state_bytes(self) -> bytes:
+        return self.serialize_state(self.state_snapshot())
 
     def load_state_bytes(self, blob: bytes) -> None:
         state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False)
