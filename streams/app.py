@@ -14,6 +14,8 @@ from typing import Any
 import faust
 import structlog
 from faust.sensors.prometheus import setup_prometheus_sensors
+from aiohttp.web import Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from faust.tables import TableManager
 
 from streams import metrics
@@ -129,7 +131,13 @@ def create_app(settings: Settings) -> faust.App:
             raise
     else:
         register_drift(app, runtime, topics)
-    setup_prometheus_sensors(app, pattern="/metrics", name_prefix="towerstream_faust")
+    if settings.faust_metrics:
+        setup_prometheus_sensors(app, pattern="/metrics", name_prefix="towerstream_faust")
+    else:
+        @app.page("/metrics")
+        async def metrics_page(self: Any, request: Any) -> Any:
+            """towerstream's own metrics (Prometheus text), without Faust's per-event sensor."""
+            return Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}, status=200)
 
     @app.on_worker_init.connect
     def open_engine_early(sender: Any, **kwargs: Any) -> None:
