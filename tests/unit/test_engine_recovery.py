@@ -6,11 +6,13 @@ checkpoints on disk and check that what the engine serves afterwards is the live
 
 from __future__ import annotations
 
+import pickle
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from index_store import load_latest_checkpoint
 from towers import TowerConfig
 from towerstream.engine import OFFSET_PREFIX, Engine, EngineConfig, SourcePos
 from towerstream.events import Interaction, ItemDelete, ItemUpsert, UserProfile
@@ -173,3 +175,31 @@ def test_unsaved_training_is_measured_and_reset_by_a_checkpoint(tmp_path: Path) 
     again = Engine.open(tmp_path, SMALL)  # the replay of the last batch counts as unsaved again
     assert again.unsaved_train_s > 0.0 and again.replay_s >= again.unsaved_train_s
     again.close()
+
+
+def test_a_snapshot_written_after_more_training_holds_its_own_moment(tmp_path: Path) -> None:
+    """The worker writes checkpoints off the training thread: what lands on disk is the state at
+    ``snapshot()``, however far training went on meanwhile; a restart replays the rest."""
+    eng = Engine.open(tmp_path, SMALL)
+    eng.apply_items([item(i) for i in range(10)])
+    eng.learn([click(n, n % 3, n % 10) for n in range(30)], [src(n) for n in range(30)])
+    snap = eng.snapshot()
+    at_snapshot = (eng.model_version, eng.trained_in_model, live_ids(eng))
+    eng.apply_items([item(i) for i in range(10, 14)])
+    eng.learn([click(n, n % 3, 10 + n % 4) for n in range(30, 50)], [src(n) for n in range(30, 50)])
+    path = eng.write_snapshot(snap)
+    assert (eng.model_version, eng.trained_in_model) != at_snapshot[:2]
+    final = (eng.model_version, eng.trained_in_model, live_ids(eng))
+    eng.close()
+
+    loaded = load_latest_checkpoint(path.parent)  # the checkpoint alone, before any journal replay
+    assert loaded is not None
+    info, index, blobs = loaded
+    assert info.meta["model_version"] == at_snapshot[0]
+    assert pickle.loads(blobs["engine"])["trained_in_model"] == at_snapshot[1]
+    assert len(index) == len(at_snapshot[2]) == 10
+    again = Engine.open(tmp_path, SMALL)
+    try:  # checkpoint + journal replay: every event, once
+        assert (again.model_version, again.trained_in_model, live_ids(again)) == final
+    finally:
+        again.close()
