@@ -37,6 +37,13 @@ class DynamicEmbedding(nn.Module):
 
 
 class TwoTowerModel(nn.Module):
+    """No layer depends on train/eval mode (no dropout, no batch norm; id dropout is the trainer's).
+
+    So the trainer never switches modes: serving threads embed users while the training thread
+    steps, and a mode flag flipped by one would be seen by the other (and ``eval()`` walks every
+    submodule, ~0.17 ms of a ~1 ms user-tower forward).
+    """
+
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
         # The last of ``cfg.dim`` coordinates is the serving bias channel (see the trainer's embed_*).

@@ -363,7 +363,6 @@ class TwoTowerTrainer:
         """One sampled-softmax step: (B,) positives vs in-batch + uniform negatives."""
         cfg = self.cfg
         b = len(user_rows)
-        self.model.train()
         live = np.flatnonzero(self.item_live)
         m = min(cfg.uniform_negatives, len(live))
         negs = live[self.rng.integers(0, len(live), size=m)] if m > 0 else np.zeros(0, dtype=np.int64)
@@ -427,7 +426,6 @@ class TwoTowerTrainer:
 
         With users ``[u, 1] / sqrt(2)``, inner product ranks by ``sqrt(1 - b^2) * cos(u, v) + b``.
         """
-        self.model.eval()
         if len(rows) == 0:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_items(int(rows.max()))
@@ -445,7 +443,6 @@ class TwoTowerTrainer:
     @torch.no_grad()
     def embed_users(self, user_rows: np.ndarray, contexts: Sequence[Mapping[str, object]] | None = None) -> np.ndarray:
         """(B,) user rows -> (B, D) float32, unit norm: ``[u, 1] / sqrt(2)`` (the last is the bias channel)."""
-        self.model.eval()
         if len(user_rows) == 0:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_users(int(user_rows.max()))

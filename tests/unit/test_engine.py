@@ -213,3 +213,12 @@ def test_each_vector_knows_the_model_version_that_produced_it(tmp_path: Path) ->
     rolling.apply_items([item(i) for i in range(6)])
     rolling.learn([click(1, 1, 1)])
     assert {rolling.vector_version(f"i{i}") for i in range(6)} == {1}  # the rolling re-embed covers all
+
+
+def test_the_towers_have_no_mode_dependent_layers() -> None:
+    """The trainer never calls train()/eval() (serving and training share the module across threads)."""
+    from torch import nn
+
+    model = TwoTowerTrainer(TowerConfig(dim=16, hidden=32, device="cpu")).model
+    mode_dependent = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase, nn.AlphaDropout)
+    assert not [m for m in model.modules() if isinstance(m, mode_dependent)]
