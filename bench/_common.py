@@ -441,7 +441,7 @@ def build_state(items: int, users: int, query_users: int, hist_len: int, seed: i
 
     Built with the same ``Engine`` and ``engine_config`` the worker uses (items through
     ``apply_items``: RocksDB records, content encoding, item tower, index upsert; interactions
-    through ``learn``: train steps), IVF above 200k items (``VectorIndex.choose_kind``). Query
+    through ``learn``: train steps), IVF above 50k items (``VectorIndex.choose_kind``). Query
     users ``q0..`` get ``hist_len`` interactions each (a full history), the others ``per_user``.
     Ground truth for recall: for every query user, the exact top-10 by inner product over all
     live item vectors, seen items excluded. Cached under ``bench/.cache/`` by sizes, seed and a

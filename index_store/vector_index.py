@@ -41,9 +41,11 @@ IndexKind = Literal["flat", "ivf"]
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
 
-#: Below this many items a flat scan is fast enough (about 200k x 64 floats = 51 MB scanned per
-#: query, a few ms on one core) and exact; above it IVF's probe-a-few-lists search wins.
-FLAT_MAX_ITEMS = 200_000
+#: Below this many expected items "auto" picks the exact flat index, above it IVF. A flat query
+#: reads every vector: on a core with ~7.5 GB/s of memory bandwidth (the CI machines) 100k x 64
+#: floats took 2.9-3.4 ms, too slow for a 5 ms p99 with the rest of a request. An "ivf" index is
+#: itself exact (a flat scan) until it first trains at ~24k vectors, so small catalogs stay exact.
+FLAT_MAX_ITEMS = 50_000
 #: Faiss warns below 39 training points per centroid; k-means centroids are noisy with fewer.
 MIN_POINTS_PER_LIST = 39
 #: Re-train IVF once the catalog has grown this much since the last training. The first training
@@ -115,11 +117,11 @@ class VectorIndex:
 
     @staticmethod
     def choose_kind(expected_items: int) -> IndexKind:
-        """Pick "flat" below ~200k items, "ivf" above.
+        """Pick "flat" below 50k expected items, "ivf" above.
 
-        Why: a flat scan is exact and needs no training; up to ~200k items it costs a few ms
-        per query and its O(N) deletes stay cheap. Past that, IVF keeps query cost roughly
-        O(N * nprobe / nlist) and deletes O(1), at a small recall cost.
+        Why: a flat scan is exact and needs no training, but reads all N vectors per query and
+        deletes in O(N). IVF keeps query cost roughly O(N * nprobe / nlist) and deletes O(1), at
+        a small recall cost (docs/benchmarks.md: recall@10 against exact search, nprobe 16).
         """
         return "flat" if expected_items < FLAT_MAX_ITEMS else "ivf"
 

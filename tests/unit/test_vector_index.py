@@ -269,7 +269,8 @@ def test_constructor_validates() -> None:
 
 def test_choose_kind() -> None:
     assert VectorIndex.choose_kind(0) == "flat"
-    assert VectorIndex.choose_kind(150_000) == "flat"
+    assert VectorIndex.choose_kind(40_000) == "flat"
+    assert VectorIndex.choose_kind(100_000) == "ivf"
     assert VectorIndex.choose_kind(5_000_000) == "ivf"
 
 
