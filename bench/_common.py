@@ -489,6 +489,10 @@ def build_state(items: int, users: int, query_users: int, hist_len: int, seed: i
                            ts=now_ms) for j in order[s : s + batch].tolist()]
         eng.learn(evs)
     t_learn = time.perf_counter() - t1
+    # What a worker's periodic maintenance does (REEMBED_EVERY_S): every vector from the trained
+    # towers, IVF lists re-fit to them. Without it the lists are those of the untrained towers.
+    eng.reembed_all()
+    eng.refit_index()
     # Ground truth: exact top-10 (seen excluded) for the query users, from the stored vectors.
     ids = eng.index.ids()
     xb = eng.index.get(ids)

@@ -195,10 +195,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=settings.reembed_every_s)
     async def periodic_reembed() -> None:
-        """Keep vectors of untouched items consistent with the current item tower."""
-        if runtime.engine is not None and runtime.ready:
-            n = await runtime.run(runtime.engine.reembed_all)
-            log.info("catalog_reembedded", items=n, model_version=runtime.engine.model_version)
+        """Keep every vector, and the IVF lists they sit in, consistent with the current item tower."""
+        engine = runtime.engine
+        if engine is not None and runtime.ready:
+            n = await runtime.run(engine.reembed_all)
+            log.info("catalog_reembedded", items=n, model_version=engine.model_version)
+            await asyncio.get_running_loop().run_in_executor(runtime.maintenance_pool, engine.refit_index)
 
     @app.on_before_shutdown.connect
     async def final_checkpoint(app: faust.App, **kwargs: Any) -> None:

@@ -39,8 +39,9 @@ class WorkerRuntime:
         self.serve_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="serve")
         #: Durable halves of interaction batches (``Engine.commit_interactions``), apart from training.
         self.commit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-        #: Serialises and writes checkpoints (``Engine.write_snapshot``) while training goes on.
-        self.checkpoint_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        #: Background work that must not hold the training thread: checkpoint writes
+        #: (``Engine.write_snapshot``) and IVF re-fits (``Engine.refit_index``), one at a time.
+        self.maintenance_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maintenance")
         #: The interactions agent's queue of committed batches (``streams.training_queue``).
         self.training_queue: Any = None
         self._ready: asyncio.Event | None = None
@@ -180,14 +181,14 @@ class WorkerRuntime:
             fut.add_done_callback(delivered)
 
     async def checkpoint(self) -> None:
-        """Copy the state on the training thread, then serialise and write it on the checkpoint thread."""
+        """Copy the state on the training thread, then serialise and write it on the maintenance thread."""
         engine = self.engine
         if engine is None:
             return
         t0 = time.perf_counter()
         snap = await self.run(engine.snapshot)
         metrics.CHECKPOINT_PAUSE_SECONDS.set(time.perf_counter() - t0)
-        await asyncio.get_running_loop().run_in_executor(self.checkpoint_pool, engine.write_snapshot, snap)
+        await asyncio.get_running_loop().run_in_executor(self.maintenance_pool, engine.write_snapshot, snap)
         self.last_checkpoint_at = time.time()
         metrics.CHECKPOINT_SECONDS.set(time.perf_counter() - t0)
 

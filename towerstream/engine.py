@@ -718,6 +718,18 @@ class Engine:
                 self._upsert_vectors(part, vecs)
         return len(rows)
 
+    def refit_index(self) -> bool:
+        """Re-fit IVF lists to where the towers have moved the items (after ``reembed_all``).
+
+        Holds neither engine lock and the index's only to copy and swap, so it can run beside
+        training and serving (``VectorIndex.refit``).
+        """
+        t0 = time.perf_counter()
+        done = self.index.refit()
+        if done:
+            log.info("index_refit", items=len(self.index), seconds=round(time.perf_counter() - t0, 2))
+        return done
+
     def _upsert_vectors(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Every index write goes through here, so each vector's model version is known."""
         self.index.upsert(rows, vectors)
