@@ -56,7 +56,7 @@ def save_checkpoint(
     seq: int,
     *,
     index: VectorIndex,
-    blobs: Mapping[str, bytes],
+    blobs: Mapping[str, bytes | memoryview],
     meta: Mapping[str, Any],
     keep: int = 2,
 ) -> CheckpointInfo:
@@ -96,7 +96,7 @@ def save_checkpoint(
     files[_INDEX_FILE] = _describe(tmp / _INDEX_FILE)
     for blob_name, data in blobs.items():
         fname = f"{blob_name}.bin"
-        write_synced(tmp / fname, bytes(data))
+        write_synced(tmp / fname, data)  # a memoryview is written as is: no copy of a large blob
         files[fname] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     write_synced(tmp / _META_FILE, json.dumps(manifest, indent=1, sort_keys=True).encode())
     fsync_dir(tmp)

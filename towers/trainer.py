@@ -474,13 +474,15 @@ class TwoTowerTrainer:
         return copied
 
     @staticmethod
-    def serialize_state(state: dict[str, Any]) -> bytes:
+    def serialize_state(state: dict[str, Any]) -> memoryview:
+        """The serialised state, as a view of the buffer torch.save wrote (``getvalue`` would copy
+        it: ~1.5 GB more at 1M items, on top of the snapshot the worker already holds)."""
         buf = io.BytesIO()
         torch.save(state, buf)
-        return buf.getvalue()
+        return buf.getbuffer()
 
     def state_bytes(self) -> bytes:
-        return self.serialize_state(self.state_snapshot())
+        return bytes(self.serialize_state(self.state_snapshot()))
 
     def load_state_bytes(self, blob: bytes) -> None:
         state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False)
