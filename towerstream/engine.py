@@ -184,6 +184,8 @@ class Engine:
         self._untrained: set[int] = set()
         #: Interactions in those batches: durable and acknowledged, not yet in the model or serving.
         self.untrained_events = 0
+        #: (durable interactions, untrained ones) for ``stats``, replaced whole under the commit lock.
+        self._counts: tuple[int, int] = (int(self.store.counter("trained")), 0)
         #: Event ids added to history by ``observe`` and not yet learned.
         self._observed: set[str] = set()
         self._reembed_cursor = 0
@@ -538,6 +540,7 @@ class Engine:
                 seq = self.seq
                 self._untrained.add(seq)
                 self.untrained_events += len(fresh)
+                self._counts = (self._counts[0] + len(fresh), self.untrained_events)
         return Committed(fresh, fresh_src, seq, dups, time.perf_counter() - t0)
 
     def train_committed(self, batches: Sequence[Committed]) -> LearnResult:
@@ -561,6 +564,7 @@ class Engine:
                     if c.seq in self._untrained:
                         self._untrained.discard(c.seq)
                         self.untrained_events -= len(c.events)
+                self._counts = (self._counts[0], self.untrained_events)
         res.seconds += time.perf_counter() - t0
         return res
 
@@ -865,6 +869,9 @@ class Engine:
         return self.recommend_many([user_id], k, **kw)[0]
 
     def stats(self) -> dict[str, float]:
+        # One tuple, published whole under the commit lock: read without it (this runs on the
+        # event loop), and never half of a commit (separate reads made durable - untrained dip).
+        durable, untrained = self._counts
         return {
             "items_indexed": float(len(self.index)),
             "items_known": float(len(self.items)),
@@ -872,7 +879,7 @@ class Engine:
             "model_version": float(self.model_version),
             "journal_seq": float(self.seq),
             #: Durable (journaled) interactions; ``untrained_events`` of them are still queued for training.
-            "trained_total": float(self.store.counter("trained")),
-            "untrained_events": float(self.untrained_events),
+            "trained_total": float(durable),
+            "untrained_events": float(untrained),
             "trained_in_model": float(self.trained_in_model),
         }

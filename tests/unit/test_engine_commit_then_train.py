@@ -85,3 +85,21 @@ def test_commit_runs_beside_a_train_step(tmp_path: Path) -> None:
     assert eng.stats()["trained_total"] == 64 and eng.stats()["untrained_events"] == 64
     eng.train_committed([c1])
     assert eng.stats()["untrained_events"] == 32
+
+
+def test_stats_count_durable_and_untrained_events_as_one_pair(tmp_path: Path) -> None:
+    eng = Engine.open(tmp_path, SMALL)
+    eng.apply_items([item(i) for i in range(4)])
+    c = eng.commit_interactions(clicks(0, 20), src(clicks(0, 20)))
+    s = eng.stats()
+    assert (s["trained_total"], s["untrained_events"]) == (20.0, 20.0)
+    eng.train_committed([c])
+    s = eng.stats()
+    assert (s["trained_total"], s["untrained_events"], s["trained_in_model"]) == (20.0, 0.0, 20.0)
+    eng.checkpoint()
+    eng.close()
+    again = Engine.open(tmp_path, SMALL)
+    try:  # the durable count survives a restart
+        assert (again.stats()["trained_total"], again.stats()["untrained_events"]) == (20.0, 0.0)
+    finally:
+        again.close()
