@@ -21,10 +21,10 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from index_store._fs import fsync_dir, write_synced
 from index_store.errors import CheckpointError, IndexStoreError
@@ -51,12 +51,29 @@ class CheckpointInfo:
     meta: dict[str, Any]
 
 
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def save_checkpoint(
     root: Path,
     seq: int,
     *,
     index: VectorIndex,
-    blobs: Mapping[str, bytes | memoryview],
+    blobs: Mapping[str, bytes | memoryview | Callable[[BinaryIO], None]],
     meta: Mapping[str, Any],
     keep: int = 2,
 ) -> CheckpointInfo:
@@ -96,7 +113,15 @@ def save_checkpoint(
     files[_INDEX_FILE] = _describe(tmp / _INDEX_FILE)
     for blob_name, data in blobs.items():
         fname = f"{blob_name}.bin"
-        write_synced(tmp / fname, data)  # a memoryview is written as is: no copy of a large blob
+        if callable(data):  # streamed: a large blob never exists in memory as a whole
+            with open(tmp / fname, "wb") as f:
+                writer = _HashingWriter(f)
+                data(cast(BinaryIO, writer))
+                f.flush()
+                os.fsync(f.fileno())
+            files[fname] = {"size": writer.size, "sha256": writer.sha256.hexdigest()}
+            continue
+        write_synced(tmp / fname, data)
         files[fname] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     write_synced(tmp / _META_FILE, json.dumps(manifest, indent=1, sort_keys=True).encode())
     fsync_dir(tmp)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -454,7 +454,7 @@ class TwoTowerTrainer:
     # ----- persistence ---------------------------------------------------------------------
     def state_snapshot(self) -> dict[str, Any]:
         """A copy of the whole training state (tensors cloned, arrays copied): cheap enough to take
-        under the engine lock; ``serialize_state`` turns it into bytes later, off the training thread."""
+        under the engine lock; ``write_state`` serialises it later, off the training thread."""
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "opt_sparse": self.opt_sparse.state_dict(),
@@ -474,15 +474,15 @@ class TwoTowerTrainer:
         return copied
 
     @staticmethod
-    def serialize_state(state: dict[str, Any]) -> memoryview:
-        """The serialised state, as a view of the buffer torch.save wrote (``getvalue`` would copy
-        it: ~1.5 GB more at 1M items, on top of the snapshot the worker already holds)."""
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        return buf.getbuffer()
+    def write_state(state: dict[str, Any], f: BinaryIO) -> None:
+        """Serialise a ``state_snapshot`` into a file: at 1M items the bytes are ~1.5 GB, which
+        are never held in memory this way (a checkpoint streams them to disk)."""
+        torch.save(state, f)
 
     def state_bytes(self) -> bytes:
-        return bytes(self.serialize_state(self.state_snapshot()))
+        buf = io.BytesIO()
+        self.write_state(self.state_snapshot(), buf)
+        return buf.getvalue()
 
     def load_state_bytes(self, blob: bytes) -> None:
         state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False)

@@ -11,6 +11,7 @@ after it, so nothing acknowledged is lost and nothing is applied twice.
 from __future__ import annotations
 
 import array
+import functools
 import json
 import pickle
 import threading
@@ -345,7 +346,8 @@ class Engine:
         """Write a snapshot as a checkpoint and trim the journal; safe beside training and serving."""
         with self._write_lock:
             state = dict(snap.engine, seen={u: v.tolist() for u, v in snap.engine["seen"].items()})
-            blobs = {"towers": TwoTowerTrainer.serialize_state(snap.towers), "engine": pickle.dumps(state)}
+            blobs = {"towers": functools.partial(TwoTowerTrainer.write_state, snap.towers),
+                     "engine": pickle.dumps(state)}
             info = save_checkpoint(self.data_dir / "checkpoints", snap.seq, index=snap.index, blobs=blobs,
                                    meta=snap.meta, keep=self.config.checkpoints_kept)
             pop = snap.engine["popularity"]
