@@ -18,7 +18,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_synced(path: Path, data: bytes | memoryview) -> None:
+def write_synced(path: Path, data: bytes) -> None:
     """Write `data` to `path` and fsync it, so a later rename publishes complete bytes."""
     with open(path, "wb") as f:
         f.write(data)

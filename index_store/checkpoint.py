@@ -59,7 +59,7 @@ class _HashingWriter:
         self.sha256 = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes) -> int:
         self.sha256.update(data)
         self.size += len(data)
         return self._f.write(data)
@@ -73,7 +73,7 @@ def save_checkpoint(
     seq: int,
     *,
     index: VectorIndex,
-    blobs: Mapping[str, bytes | memoryview | Callable[[BinaryIO], None]],
+    blobs: Mapping[str, bytes | Callable[[BinaryIO], None]],
     meta: Mapping[str, Any],
     keep: int = 2,
 ) -> CheckpointInfo:

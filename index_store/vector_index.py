@@ -262,7 +262,7 @@ class VectorIndex:
             xb = self._ivf.reconstruct_batch(ids_)
             self._changed = set()
         try:
-            fresh = self._build_ivf(ids_, xb, record=False)
+            fresh = self._build_ivf(ids_, xb)
         except BaseException:
             with self._lock:
                 self._changed = None
@@ -291,6 +291,7 @@ class VectorIndex:
         self._set_threads()
         xb = self._ivf.reconstruct_batch(ids_)
         self._ivf = self._build_ivf(ids_, xb)
+        self._trained_n = int(ids_.shape[0])
 
     # ------------------------------------------------------------------ reads
 
@@ -565,10 +566,11 @@ class VectorIndex:
         xb = faiss.downcast_index(flat.index).reconstruct_n(0, n)
         ids_ = faiss.vector_to_array(flat.id_map).astype(np.int64)
         self._ivf = self._build_ivf(ids_, xb)
+        self._trained_n = int(ids_.shape[0])
         self._flat = None
 
-    def _build_ivf(self, ids_: Ids, xb: Vectors, record: bool = True) -> faiss.IndexIVFFlat:
-        """Train a fresh IVF on xb ``(N, D)`` and add it under ids ``(N,)`` (``record``: note the size)."""
+    def _build_ivf(self, ids_: Ids, xb: Vectors) -> faiss.IndexIVFFlat:
+        """Train a fresh IVF on xb ``(N, D)`` and add it under ids ``(N,)``; the caller records ``_trained_n``."""
         nlist = self._nlist_for(ids_.shape[0])
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -577,8 +579,6 @@ class VectorIndex:
         ivf.train(xb)  # k-means seed is fixed by Faiss (ClusteringParameters.seed), so reproducible
         ivf.nprobe = min(self._nprobe, nlist)
         ivf.add_with_ids(xb, ids_)
-        if record:
-            self._trained_n = int(ids_.shape[0])
         log.info("trained IVF: %d lists on %d vectors of dim %d", nlist, ids_.shape[0], self.dim)
         return ivf
 

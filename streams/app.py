@@ -13,10 +13,10 @@ from typing import Any
 
 import faust
 import structlog
-from faust.sensors.prometheus import setup_prometheus_sensors
 from aiohttp.web import Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.tables import TableManager
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from streams import metrics
 from streams.agents import drain_when_idle, register_agents

@@ -183,9 +183,8 @@ class Engine:
         #: Journal sequences of committed interaction batches not trained yet: a checkpoint covers
         #: the journal only up to just before the oldest of them.
         self._untrained: set[int] = set()
-        #: Interactions in those batches: durable and acknowledged, not yet in the model or serving.
-        self.untrained_events = 0
-        #: (durable interactions, untrained ones) for ``stats``, replaced whole under the commit lock.
+        #: (durable interactions, untrained ones), replaced whole under the commit lock: ``stats``
+        #: reads it without the lock (on the event loop) and never sees half of a commit.
         self._counts: tuple[int, int] = (int(self.store.counter("trained")), 0)
         #: Event ids added to history by ``observe`` and not yet learned.
         self._observed: set[str] = set()
@@ -541,8 +540,7 @@ class Engine:
                 self.store.write(batch)
                 seq = self.seq
                 self._untrained.add(seq)
-                self.untrained_events += len(fresh)
-                self._counts = (self._counts[0] + len(fresh), self.untrained_events)
+                self._counts = (self._counts[0] + len(fresh), self._counts[1] + len(fresh))
         return Committed(fresh, fresh_src, seq, dups, time.perf_counter() - t0)
 
     def train_committed(self, batches: Sequence[Committed]) -> LearnResult:
@@ -562,11 +560,12 @@ class Engine:
                 res.trained = len(events)
         finally:
             with self.commit_lock:
+                done = 0
                 for c in batches:
                     if c.seq in self._untrained:
                         self._untrained.discard(c.seq)
-                        self.untrained_events -= len(c.events)
-                self._counts = (self._counts[0], self.untrained_events)
+                        done += len(c.events)
+                self._counts = (self._counts[0], self._counts[1] - done)
         res.seconds += time.perf_counter() - t0
         return res
 
@@ -870,10 +869,13 @@ class Engine:
     def recommend(self, user_id: str, k: int = 10, **kw: Any) -> Recommendations:
         return self.recommend_many([user_id], k, **kw)[0]
 
+    @property
+    def untrained_events(self) -> int:
+        """Interactions committed (durable, acknowledged) but not yet in the model or serving."""
+        return self._counts[1]
+
     def stats(self) -> dict[str, float]:
-        # One tuple, published whole under the commit lock: read without it (this runs on the
-        # event loop), and never half of a commit (separate reads made durable - untrained dip).
-        durable, untrained = self._counts
+        durable, untrained = self._counts  # one read: separate ones made durable - untrained dip
         return {
             "items_indexed": float(len(self.index)),
             "items_known": float(len(self.items)),
