@@ -42,8 +42,8 @@ Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
 
 #: Below this many expected items "auto" picks the exact flat index, above it IVF. A flat query
-#: reads every vector: on a core with ~7.5 GB/s of memory bandwidth (the CI machines) 100k x 64
-#: floats took 2.9-3.4 ms, too slow for a 5 ms p99 with the rest of a request. An "ivf" index is
+#: reads every vector: on one core of the CI machines (low memory bandwidth) 100k x 64 floats
+#: took 2.9 ms p50 (docs/benchmarks.md), too slow for a 5 ms p99 with the rest of a request. An "ivf" index is
 #: itself exact (a flat scan) until it first trains at ~24k vectors, so small catalogs stay exact.
 FLAT_MAX_ITEMS = 50_000
 #: Faiss warns below 39 training points per centroid; k-means centroids are noisy with fewer.
