@@ -11,6 +11,7 @@ from __future__ import annotations
 from index_store.checkpoint import CheckpointInfo, load_latest_checkpoint, save_checkpoint
 from index_store.errors import CheckpointError, DimensionMismatch, IndexStoreError, UnknownId, WouldBlock
 from index_store.id_map import IdMap
+from index_store.item_attributes import ItemAttributes
 from index_store.meta_store import MetaStore
 from index_store.vector_index import IndexKind, VectorIndex
 
@@ -21,6 +22,7 @@ __all__ = [
     "IdMap",
     "IndexKind",
     "IndexStoreError",
+    "ItemAttributes",
     "MetaStore",
     "UnknownId",
     "WouldBlock",

@@ -386,10 +386,15 @@ class VectorIndex:
             D[b, :kb], I[b, :kb] = Db[0], Ib[0]
             del params, allowed, banned  # selectors must outlive the search call
 
-    def get(self, ids: npt.ArrayLike) -> Vectors:
-        """Stored vectors for ids ``(N,)`` -> ``(N, D)`` float32; UnknownId if any is not stored."""
+    def get(self, ids: npt.ArrayLike, *, wait_s: float | None = None) -> Vectors:
+        """Stored vectors for ids ``(N,)`` -> ``(N, D)`` float32; UnknownId if any is not stored.
+
+        With ``wait_s``, raises ``WouldBlock`` after that long instead of waiting for the lock.
+        """
         ids_ = _as_ids(ids)
-        with self._lock:
+        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            raise WouldBlock("index busy (upsert, save or re-train in progress)")
+        try:
             unknown = [i for i in ids_.tolist() if i not in self._live]
             if unknown:
                 raise UnknownId(unknown)
@@ -397,6 +402,8 @@ class VectorIndex:
                 return np.empty((0, self.dim), dtype=np.float32)
             self._set_threads()
             return self._active().reconstruct_batch(ids_)
+        finally:
+            self._lock.release()
 
     def ids(self) -> Ids:
         """Live ids ``(N,)`` int64, sorted."""

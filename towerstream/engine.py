@@ -25,7 +25,9 @@ import numpy as np
 import structlog
 import torch
 
-from index_store import CheckpointError, MetaStore, VectorIndex, WouldBlock, load_latest_checkpoint, save_checkpoint
+from index_store import (
+    CheckpointError, ItemAttributes, MetaStore, UnknownId, VectorIndex, WouldBlock, load_latest_checkpoint, save_checkpoint,
+)
 from towers import TowerConfig, TwoTowerTrainer
 from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
 from towerstream.events.base import epoch_ms
@@ -56,6 +58,11 @@ class EngineConfig:
     #: towers move with every step, so untouched vectors age (new items most, which were embedded
     #: by untrained towers). 0 leaves it to the periodic ``reembed_all``.
     reembed_per_learn: int = 2048
+    #: A query whose ``include_categories`` hold at most this many items scores those items directly
+    #: (exact); above it, the index is searched and the results filtered (widening if too few pass).
+    include_scan_max: int = 20_000
+    #: Above this many rows a direct category scan is not run on the caller's event loop.
+    include_scan_inline_max: int = 4_000
 
 
 @dataclass(frozen=True)
@@ -158,9 +165,8 @@ class Engine:
         self.popularity = np.zeros(1024, dtype=np.float64)
         self.seen: dict[int, array.array[int]] = {}
         self.item_ts: dict[int, int] = {}  # row -> event time (ms) of the content in the index
-        #: Filter attributes read from item records: row -> (event time, categories, creator). An entry
-        #: counts only while its event time equals ``item_ts[row]``; bounded (cleared when full).
-        self._attrs: dict[int, tuple[int, frozenset[str], str | None]] = {}
+        #: Categories and creator of every live item, and rows per category (business filters).
+        self.attributes = ItemAttributes()
         self.live = np.zeros(1024, dtype=bool)
         self.vector_versions = np.zeros(1024, dtype=np.int64)
         self.ready = False
@@ -228,6 +234,10 @@ class Engine:
             self.seen = {u: array.array("q", v) for u, v in state["seen"].items()}
             self.item_ts = state["item_ts"]
             self.live = state["live"]
+            if "attributes" in state:
+                self.attributes = ItemAttributes.from_state(state["attributes"])
+            else:  # a checkpoint written before attributes were kept: read them from the item records
+                self._load_attributes_from_store()
             self.vector_versions = state.get("vector_versions", np.zeros(len(self.live), dtype=np.int64))
             self.trained_in_model = state.get("trained_in_model", 0)
             self.offsets = dict(info.meta.get("offsets", {}))
@@ -254,6 +264,13 @@ class Engine:
         self.replay_s = time.perf_counter() - t0
         if replayed:
             log.info("journal_replayed", entries=replayed, seq=self.seq, seconds=round(self.replay_s, 3))
+
+    def _load_attributes_from_store(self) -> None:
+        for key, raw in self.store.scan("item:"):
+            rec = json.loads(raw)
+            row = self.items.get(key[5:])
+            if row is not None and not rec.get("deleted") and self._is_live(row):
+                self.attributes.set(row, rec["event"].get("categories", []), rec["event"].get("creator"))
 
     def _rebuild_from_store(self) -> None:
         """No readable checkpoint: rebuild the index from the item records in RocksDB.
@@ -334,6 +351,7 @@ class Engine:
                     "popularity": self.popularity.copy(),
                     "seen": {u: v[:] for u, v in self.seen.items()},
                     "item_ts": dict(self.item_ts),
+                    "attributes": self.attributes.state(),
                     "live": self.live.copy(),
                     "vector_versions": self.vector_versions.copy(),
                     "trained_in_model": self.trained_in_model,
@@ -467,7 +485,7 @@ class Engine:
             self.live[rows] = True
             for r, e in zip(rows.tolist(), ups):
                 self.item_ts[r] = epoch_ms(e.ts)
-                self._attrs.pop(r, None)
+                self.attributes.set(r, e.categories, e.creator)
         if dels:
             rows = self.items.get_or_create([e.item_id for e in dels])
             self._ensure_rows(int(rows.max()))
@@ -476,6 +494,7 @@ class Engine:
             self.live[rows] = False
             for r, e in zip(rows.tolist(), dels):
                 self.item_ts[r] = epoch_ms(e.ts)
+                self.attributes.remove(r)
         return len(ups), len(dels)
 
     def item_record(self, item_id: str) -> dict[str, Any] | None:
@@ -763,28 +782,47 @@ class Engine:
     def _passes(self, row: int, filters: Filters | None, excluded_ids: set[str]) -> bool:
         if filters is None or not (filters.include_categories or filters.exclude_categories or filters.exclude_creators):
             return True
-        # A RocksDB read + JSON parse per candidate cost 4 us; a filtered query that widens over a
-        # 20k catalog took 215 ms. Cached attributes are used only while they match the content
-        # in the index (same event time), so a read racing an upsert never sticks.
-        ts = self.item_ts.get(row)
-        cached = self._attrs.get(row)
-        if cached is not None and cached[0] == ts:
-            _, cats, creator = cached
-        else:
-            rec = self.item_record(self.items.external([row])[0])
-            if rec is None or rec.get("deleted"):
-                return False
-            ev = rec["event"]
-            cats, creator = frozenset(ev.get("categories", [])), ev.get("creator")
-            if rec.get("ts") == ts:
-                if len(self._attrs) >= 500_000:
-                    self._attrs.clear()
-                self._attrs[row] = (ts, cats, creator)
+        attrs = self.attributes.get(row)
+        if attrs is None:
+            return False  # deleted (or not applied yet)
+        cats, creator = attrs
         if filters.include_categories and cats.isdisjoint(filters.include_categories):
             return False
         if filters.exclude_categories and not cats.isdisjoint(filters.exclude_categories):
             return False
         return not (filters.exclude_creators and creator in filters.exclude_creators)
+
+    def _scan_included(
+        self, uvec: np.ndarray, filters: Filters, k: int, exclude: set[int], excluded_ids: set[str],
+        wait_s: float | None,
+    ) -> list[tuple[int, float]]:
+        """Score the rows of ``include_categories`` directly: exact top-k among them, filters applied."""
+        rows = self.attributes.rows_in(filters.include_categories)
+        if wait_s is not None and len(rows) > self.config.include_scan_inline_max:
+            raise WouldBlock("a large category: scored on a serving thread")
+        if exclude:
+            rows = rows[~np.isin(rows, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]
+        vecs = np.zeros((0, uvec.shape[0]), dtype=np.float32)
+        for _ in range(3):  # an item deleted meanwhile leaves the index before its attributes
+            if not len(rows):
+                return []
+            try:
+                vecs = self.index.get(rows, wait_s=wait_s)
+                break
+            except UnknownId as exc:
+                rows = rows[~np.isin(rows, np.asarray(exc.ids, dtype=np.int64))]
+        else:
+            return []
+        scores = vecs @ uvec
+        order = np.argsort(-scores, kind="stable")
+        picked: list[tuple[int, float]] = []
+        for j in order.tolist():
+            r = int(rows[j])
+            if self._passes(r, filters, excluded_ids):
+                picked.append((r, float(scores[j])))
+                if len(picked) == k:
+                    break
+        return picked
 
     def recommend_many(
         self,
@@ -837,6 +875,13 @@ class Engine:
                 filters.include_categories or filters.exclude_categories or filters.exclude_creators)
             fetch = k * (4 if has_filters else 1)
             pending = list(range(len(model_idx)))
+            if (filters is not None and filters.include_categories
+                    and self.attributes.count(filters.include_categories) <= self.config.include_scan_max):
+                for j in pending:
+                    picked = self._scan_included(uvec[j], filters, k, exclude[model_idx[j]], excluded_ids, wait_s)
+                    out[model_idx[j]] = Recommendations(
+                        list(zip(self.items.external([p for p, _ in picked]), [sc for _, sc in picked])), "model")
+                pending = []
             while pending:
                 D, I = self.index.search(uvec[pending], fetch, exclude=[exclude[model_idx[j]] for j in pending],
                                          wait_s=wait_s)

@@ -85,8 +85,23 @@ def test_a_filtered_query_that_must_widen_gives_up_with_a_wait_limit(tmp_path: P
     from towerstream.events import Filters
 
     eng = engine(tmp_path)
-    rare = Filters(include_categories=["g2"])  # a third of the catalog: the first fetch of k is short
+    # Two thirds of the catalog excluded: the first fetch of 4k is short, the search must widen.
+    most = Filters(exclude_categories=["g0", "g1"])
     with pytest.raises(WouldBlock):
-        eng.recommend("u1", 5, filters=rare, exclude_seen=False, wait_s=0.01)
-    rec = eng.recommend("u1", 5, filters=rare, exclude_seen=False)
+        eng.recommend("u1", 5, filters=most, exclude_seen=False, wait_s=0.01)
+    rec = eng.recommend("u1", 5, filters=most, exclude_seen=False)
+    assert len(rec.items) == 5 and all(int(i[1:]) % 3 == 2 for i, _ in rec.items)
+
+
+def test_a_large_category_scan_goes_off_the_loop_with_a_wait_limit(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from towerstream.events import Filters
+
+    eng = engine(tmp_path)
+    eng.config = replace(eng.config, include_scan_inline_max=5)  # g2 has 10 items
+    g2 = Filters(include_categories=["g2"])
+    with pytest.raises(WouldBlock):
+        eng.recommend("u1", 5, filters=g2, exclude_seen=False, wait_s=0.01)
+    rec = eng.recommend("u1", 5, filters=g2, exclude_seen=False)
     assert len(rec.items) == 5 and all(int(i[1:]) % 3 == 2 for i, _ in rec.items)
