@@ -321,7 +321,8 @@ class TwoTowerTrainer:
         self.freq.update(item_rows)
         np.add.at(self.item_count, item_rows, 1)
         losses = []
-        for _ in range(max(cfg.steps_per_batch, 1)):
+        steps = max(cfg.steps_per_batch, 1) if b <= cfg.single_step_above else 1
+        for _ in range(steps):
             u, i, ww, h = user_rows, item_rows, w, hist
             ctx = contexts
             if cfg.replay_per_step > 0 and self.replay_n > 0:

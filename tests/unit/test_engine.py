@@ -59,6 +59,21 @@ def test_towers_produce_normalised_vectors_of_the_configured_shape() -> None:
     np.testing.assert_allclose(np.linalg.norm(uv, axis=1), 1.0, rtol=1e-5)
 
 
+def test_a_backlog_sized_batch_takes_one_step_and_a_live_one_takes_steps_per_batch() -> None:
+    cfg = TowerConfig(dim=16, hidden=32, uniform_negatives=8, steps_per_batch=2, single_step_above=64, seed=0)
+    tr = TwoTowerTrainer(cfg)
+    tr.set_items(np.arange(50), [item(i) for i in range(50)])
+    rng = np.random.default_rng(0)
+
+    def steps_for(b: int) -> int:
+        before = tr.steps
+        tr.learn_batch(rng.integers(0, 30, size=b), rng.integers(0, 50, size=b))
+        return tr.steps - before
+
+    assert steps_for(64) == 2 and steps_for(10) == 2
+    assert steps_for(65) == 1 and steps_for(500) == 1
+
+
 def test_same_seed_same_model(tmp_path: Path) -> None:
     spec = StreamSpec(users=20, items=30, interactions=300, seed=2)
     a = Engine.open(tmp_path / "a", SMALL)
