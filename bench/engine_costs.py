@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/engine_costs.py learn --batch 1024          # ms per learn() and its parts
     .venv/bin/python bench/engine_costs.py learn --batch 1024 --profile # + torch profiler table
+    .venv/bin/python bench/engine_costs.py learn --batch 2048 --steps-per-batch 2   # vs 1
     .venv/bin/python bench/engine_costs.py checkpoint --state bench/.cache/state-1000000-...  # RSS/time
     .venv/bin/python bench/engine_costs.py refit --state bench/.cache/state-100000-...        # recall
 
@@ -17,6 +18,7 @@ targets: the targets are measured end to end by the other scripts in bench/.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -61,7 +63,11 @@ def _timed(obj: Any, name: str, acc: dict[str, float]) -> None:
 def cmd_learn(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed)
     items, users, b = 20_000, 50_000, args.batch
-    eng = Engine.open(Path(tempfile.mkdtemp()), engine_config(Settings(device="cpu", seed=args.seed)))
+    cfg = engine_config(Settings(device="cpu", seed=args.seed))
+    if args.steps_per_batch:  # e.g. 2 vs 1 at --batch 2048: what single_step_above buys a backlog
+        cfg = dataclasses.replace(cfg, tower=dataclasses.replace(
+            cfg.tower, steps_per_batch=args.steps_per_batch, single_step_above=1 << 30))
+    eng = Engine.open(Path(tempfile.mkdtemp()), cfg)
     for s in range(0, items, 4096):
         eng.apply_items([ItemUpsert(item_id=f"i{i}", title=f"w{i % 16} t{i % 97}", categories=[f"c{i % 16}"],
                                     ts=1_700_000_000_000) for i in range(s, min(s + 4096, items))])
@@ -164,6 +170,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--steps-per-batch", type=int, default=0, help="force this many steps at every batch size")
     for name in ("checkpoint", "refit"):
         sub.add_parser(name).add_argument("--state", type=Path, required=True, help="a bench/.cache/state-* dir")
     args = ap.parse_args()
