@@ -437,6 +437,10 @@ class TwoTowerTrainer:
         # Unit norm kept: the bonus tilts the vector towards the users' constant coordinate.
         return np.concatenate([vecs * np.sqrt(1.0 - bonus**2), bonus], axis=1)
 
+    def item_capacity(self) -> int:
+        """Item rows ``set_items``/``embed_items`` can use without growing anything."""
+        return min(self.item_tokens.shape[0], self.model.item_id.capacity)
+
     def user_capacity(self) -> int:
         """Rows ``embed_users`` can read without growing anything (tables grow before the id table)."""
         return min(self.user_feats.shape[0], self.model.user_id.capacity)

@@ -11,6 +11,7 @@ after it, so nothing acknowledged is lost and nothing is applied twice.
 from __future__ import annotations
 
 import array
+import contextlib
 import functools
 import json
 import pickle
@@ -180,7 +181,12 @@ class Engine:
         self.replay_s = 0.0
         #: Seconds of training since the last checkpoint: about what a restart would replay.
         self.unsaved_train_s = 0.0
+        #: Held by a train step (100-600 ms), re-training and snapshots: the model's tables and weights.
         self.lock = threading.RLock()
+        #: Item content, item vectors and the growth of row arrays: an item upsert takes only this
+        #: lock (and ``lock`` too when arrays must grow), so it does not wait for a train step; a
+        #: train step takes it for its own growth and for re-embedding touched items.
+        self.items_lock = threading.RLock()
         #: Serialises the durable part of every call (id maps, counters, journal sequence), which
         #: for interactions runs apart from training (``commit_interactions``).
         self.commit_lock = threading.RLock()
@@ -339,7 +345,7 @@ class Engine:
         Serialising and writing the state (torch.save, sha256, fsync) took ~2 s on a 20k-item,
         50k-user model and held the training thread; a copy takes a small part of that.
         """
-        with self.lock, self.commit_lock:
+        with self.lock, self.commit_lock, self.items_lock:
             seq = self.applied_seq()
             self.unsaved_train_s = 0.0
             return Snapshot(
@@ -463,8 +469,7 @@ class Engine:
                 self.store.put_json("item:" + ev.item_id, record, batch=batch)
             self._journal(batch, "items", fresh, fresh_src)
             self.store.write(batch)
-        with self.lock:
-            res.upserted, res.deleted = self._apply_items_now(fresh)
+        res.upserted, res.deleted = self._apply_items_now(fresh)
         return res
 
     def _is_live(self, row: int) -> bool:
@@ -475,6 +480,13 @@ class Engine:
         last: dict[str, ItemUpsert | ItemDelete] = {}
         for ev in events:
             last[ev.item_id] = ev
+        top = int(self.items.get_or_create(list(last)).max()) if last else -1
+        # Growing arrays replaces them, which must not race a train step's use of them.
+        grows = top >= len(self.live) or top >= self.trainer.item_capacity()
+        with self.lock if grows else contextlib.nullcontext(), self.items_lock:
+            return self._apply_items_locked(last)
+
+    def _apply_items_locked(self, last: Mapping[str, ItemUpsert | ItemDelete]) -> tuple[int, int]:
         ups = [e for e in last.values() if isinstance(e, ItemUpsert)]
         dels = [e for e in last.values() if isinstance(e, ItemDelete)]
         if ups:
@@ -600,7 +612,7 @@ class Engine:
         with self.commit_lock:
             u = self.users.get_or_create([e.user_id for e in events])
             i = self.items.get_or_create([e.item_id for e in events])
-        with self.lock:
+        with self.lock, self.items_lock:
             self.trainer.observe(u, i)
             self._append_seen(u, i)
             self._observed.update(e.event_id for e in events)
@@ -618,7 +630,9 @@ class Engine:
     def _learn_now(self, events: Sequence[Interaction]) -> tuple[float, list[str], list[float]]:
         u = self.users.get_or_create([e.user_id for e in events])
         i = self.items.get_or_create([e.item_id for e in events])
-        self._ensure_rows(int(i.max()))
+        with self.items_lock:  # growth happens here, not inside the step, where items could race it
+            self._ensure_rows(int(i.max()))
+            self.trainer.ensure_items(int(i.max()))
         unknown = [e.item_id for e, r in zip(events, i.tolist()) if not self.live[r]]
         kw = self.config.tower.kind_weights
         p = self.config.tower.event_weight_power
@@ -635,16 +649,17 @@ class Engine:
         fresh = np.array([e.event_id not in self._observed for e in events], dtype=bool)
         self._observed.difference_update(e.event_id for e in events)
         self._append_seen(u[fresh], i[fresh])
-        touched = np.unique(i[self.live[i]])
         lags: list[float] = []
-        if len(touched):
-            self._upsert_vectors(touched, self.trainer.embed_items(touched))
-            now_ms = time.time() * 1000
-            newest = {}
-            for e, r in zip(events, i.tolist()):
-                newest[r] = epoch_ms(e.ts)
-            lags = [now_ms - newest[r] for r in touched.tolist()]
-        self._reembed_rolling(touched)
+        with self.items_lock:  # an item upsert meanwhile must not be overwritten by its older vector
+            touched = np.unique(i[self.live[i]])
+            if len(touched):
+                self._upsert_vectors(touched, self.trainer.embed_items(touched))
+                now_ms = time.time() * 1000
+                newest = {}
+                for e, r in zip(events, i.tolist()):
+                    newest[r] = epoch_ms(e.ts)
+                lags = [now_ms - newest[r] for r in touched.tolist()]
+            self._reembed_rolling(touched)
         return 0.0 if loss != loss else loss, unknown, lags
 
     def _reembed_rolling(self, skip: np.ndarray) -> None:
@@ -735,11 +750,11 @@ class Engine:
         """Re-embed every live item with the current item tower, in chunks (keeps the index consistent)."""
         rows = np.flatnonzero(self.live)
         for s in range(0, len(rows), chunk):
-            part = rows[s : s + chunk]
-            with self.lock:
-                vecs = self.trainer.embed_items(part)
-            with self.lock:
-                self._upsert_vectors(part, vecs)
+            with self.items_lock:
+                part = rows[s : s + chunk]
+                part = part[self.live[part]]  # deleted since the list was taken: must not come back
+                if len(part):
+                    self._upsert_vectors(part, self.trainer.embed_items(part))
         return len(rows)
 
     def refit_index(self) -> bool:
