@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from streams.runtime import engine_config  # noqa: E402
 from towerstream.engine import Engine  # noqa: E402
 from towerstream.events import Interaction, ItemUpsert  # noqa: E402
+from towerstream.heap import trim_heap  # noqa: E402
 from towerstream.settings import Settings  # noqa: E402
 
 
@@ -141,6 +142,8 @@ def cmd_checkpoint(args: argparse.Namespace) -> None:
     del snap
     gc.collect()
     print(f"snapshot freed: rss {rss_mib():,} MiB")
+    trim_heap()  # what the worker does after each checkpoint (streams.runtime)
+    print(f"heap trimmed: rss {rss_mib():,} MiB")
     eng.close()
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from towers import TowerConfig
 from index_store import WouldBlock
 from towerstream.engine import Engine, EngineConfig
 from towerstream.events import DeadLetter, encode
+from towerstream.heap import trim_heap
 from towerstream.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -188,7 +189,10 @@ class WorkerRuntime:
         t0 = time.perf_counter()
         snap = await self.run(engine.snapshot)
         metrics.CHECKPOINT_PAUSE_SECONDS.set(time.perf_counter() - t0)
-        await asyncio.get_running_loop().run_in_executor(self.maintenance_pool, engine.write_snapshot, snap)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.maintenance_pool, engine.write_snapshot, snap)
+        del snap  # the copy is garbage now: give its freed heap pages back (towerstream.heap)
+        await loop.run_in_executor(self.maintenance_pool, trim_heap)
         self.last_checkpoint_at = time.time()
         metrics.CHECKPOINT_SECONDS.set(time.perf_counter() - t0)
 

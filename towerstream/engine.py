@@ -801,9 +801,9 @@ class Engine:
         if attrs is None:
             return False  # deleted (or not applied yet)
         cats, creator = attrs
-        if filters.include_categories and cats.isdisjoint(filters.include_categories):
+        if filters.include_categories and not any(c in filters.include_categories for c in cats):
             return False
-        if filters.exclude_categories and not cats.isdisjoint(filters.exclude_categories):
+        if filters.exclude_categories and any(c in filters.exclude_categories for c in cats):
             return False
         return not (filters.exclude_creators and creator in filters.exclude_creators)
 

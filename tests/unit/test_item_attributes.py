@@ -18,7 +18,8 @@ SMALL = EngineConfig(tower=TowerConfig(dim=16, hidden=32, uniform_negatives=16, 
 
 def test_rows_follow_upserts_that_change_categories_and_deletes() -> None:
     attrs = ItemAttributes()
-    attrs.set(1, ["a", "b"], "s1")
+    attrs.set(1, ["b", "a", "b"], "s1")
+    assert attrs.get(1) == (("a", "b"), "s1")
     attrs.set(2, ["b"], None)
     attrs.set(3, ["c"], "s2")
     assert attrs.rows_in(["b"]).tolist() == [1, 2]
@@ -27,12 +28,14 @@ def test_rows_follow_upserts_that_change_categories_and_deletes() -> None:
     attrs.set(1, ["c"], "s3")  # moved out of a and b
     assert attrs.rows_in(["a"]).tolist() == [] and attrs.rows_in(["b"]).tolist() == [2]
     assert attrs.rows_in(["c"]).tolist() == [1, 3]
-    assert attrs.get(1) == (frozenset({"c"}), "s3")
+    assert attrs.get(1) == (("c",), "s3")
     attrs.remove(3)
     attrs.remove(99)  # unknown: nothing happens
+    attrs.set(5000, ["c"], None)  # past the initial capacity
+    attrs.remove(5000)
     assert attrs.get(3) is None and attrs.rows_in(["c"]).tolist() == [1]
     back = ItemAttributes.from_state(attrs.state())
-    assert back.rows_in(["b", "c"]).tolist() == [1, 2] and back.get(2) == (frozenset({"b"}), None)
+    assert back.rows_in(["b", "c"]).tolist() == [1, 2] and back.get(2) == (("b",), None)
     assert len(back) == 2
 
 
@@ -94,5 +97,5 @@ def test_attributes_survive_a_restart(tmp_path: Path, old_checkpoint: bool) -> N
     eng.close()
     back = Engine.open(tmp_path, SMALL)
     assert back.attributes.rows_in(["rare"]).tolist() == sorted(back.items.get(f"i{i}") for i in (5, 390))
-    assert back.attributes.get(back.items.get("i3")) == (frozenset({"g3"}), "s0")
+    assert back.attributes.get(back.items.get("i3")) == (("g3",), "s0")
     assert len(back.attributes) == 399

@@ -108,4 +108,4 @@ def test_training_and_item_churn_at_once_leave_index_and_filters_consistent(tmp_
     assert len(eng.attributes) == len(live)
     want = {eng.items.get(f"i{i}"): c for i, c in last_cat.items() if c is not None}
     assert live == set(want)
-    assert all(eng.attributes.get(r) == (frozenset({c}), None) for r, c in want.items())
+    assert all(eng.attributes.get(r) == ((c,), None) for r, c in want.items())
