@@ -12,6 +12,9 @@ first JoinGroup with that id: the coordinator sees the same member rejoining, no
 If the id has expired meanwhile the coordinator answers UNKNOWN_MEMBER_ID and aiokafka joins
 afresh, as it would have anyway. Only this worker's own data directory is read, so other
 members of the group are never touched.
+
+A worker is a member of more than one group (Faust's, and the interactions batch consumer's,
+``streams.interactions_consumer``): ids are recorded and reused per group id, each in its own file.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +33,21 @@ from towerstream.settings import Settings
 log = structlog.get_logger(__name__)
 
 _lock = threading.Lock()
-_rejoin_member: str | None = None
+#: group id -> the member id its next coordinator in this process joins with (used once).
+_rejoin_members: dict[str, str] = {}
 
 
-def member_file(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "faust" / "group-member"
+def member_file(settings: Settings, group_id: str | None = None) -> Path:
+    """Where this worker records its member id in ``group_id`` (Faust's group when None)."""
+    base = Path(settings.data_dir) / "faust"
+    if group_id is None or group_id == settings.app_id:
+        return base / "group-member"  # Faust's group: the name earlier versions used
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in group_id)
+    return base / f"group-member.{safe}"
 
 
-def remember_member(settings: Settings, member_id: str) -> None:
-    path = member_file(settings)
+def remember_member(settings: Settings, member_id: str, group_id: str | None = None) -> None:
+    path = member_file(settings, group_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(member_id)
@@ -56,59 +66,69 @@ def current_member_id(app: Any) -> str | None:
     return str(obj) or None
 
 
-def rejoin_as_previous_member(settings: Settings) -> str | None:
-    """Make the next group coordinator created in this process join with the recorded member id."""
-    global _rejoin_member
+def _install_patch() -> None:
+    """Once per process: coordinators of a group with a recorded id start as that member."""
+    import aiokafka.consumer.consumer as consumer_module
+    from aiokafka.protocol.group import JoinGroupRequest
+
+    base = consumer_module.GroupCoordinator
+    if getattr(base, "_towerstream_rejoin", False):
+        return
+
+    class _Coordinator(base):  # type: ignore[misc, valid-type]
+        _towerstream_rejoin = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            with _lock:
+                if getattr(self, "member_id", None) == JoinGroupRequest.UNKNOWN_MEMBER_ID:
+                    member_id = _rejoin_members.pop(str(getattr(self, "group_id", "")), None)
+                    if member_id:
+                        self.member_id = member_id
+
+    consumer_module.GroupCoordinator = _Coordinator
+
+
+def rejoin_as_previous_member(settings: Settings, group_id: str | None = None) -> str | None:
+    """Make the next coordinator of ``group_id`` (Faust's group when None) join with the recorded id."""
+    group = group_id or settings.app_id
     try:
-        member_id = member_file(settings).read_text().strip()
+        member_id = member_file(settings, group_id).read_text().strip()
     except OSError:
         return None
     if not member_id:
         return None
-    import aiokafka.consumer.consumer as consumer_module
-    from aiokafka.protocol.group import JoinGroupRequest
-
     with _lock:
-        base = consumer_module.GroupCoordinator
-        if not getattr(base, "_towerstream_rejoin", False):
-
-            class _Coordinator(base):  # type: ignore[misc, valid-type]
-                _towerstream_rejoin = True
-
-                def __init__(self, *args: Any, **kwargs: Any) -> None:
-                    global _rejoin_member
-                    super().__init__(*args, **kwargs)
-                    with _lock:
-                        member_id = getattr(self, "member_id", None)
-                        if _rejoin_member and member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID:
-                            self.member_id, _rejoin_member = _rejoin_member, None
-
-            consumer_module.GroupCoordinator = _Coordinator
-        _rejoin_member = member_id
-    log.info("rejoining_group_as_previous_member", member_id=member_id)
+        _install_patch()
+        _rejoin_members[group] = member_id
+    log.info("rejoining_group_as_previous_member", group=group, member_id=member_id)
     return member_id
 
 
-def watch_member(app: Any, settings: Settings) -> threading.Thread:
-    """Record the consumer's member id whenever it changes (a daemon thread polling every 50 ms).
+def watch_member(read: Callable[[], str | None], settings: Settings, group_id: str | None = None) -> threading.Thread:
+    """Record the member id ``read()`` returns whenever it changes (a daemon thread polling every 50 ms).
 
     Polling, because the id is needed while the join is still in flight, before any Faust
     callback runs: a worker killed mid-join would otherwise leave a member nobody can name.
+    ``read`` must only read attributes (it runs on this thread, not the event loop).
     """
 
     def run() -> None:
         known: str | None = None
         started = time.monotonic()
         while True:
-            member_id = current_member_id(app)
+            try:
+                member_id = read()
+            except Exception:  # noqa: BLE001 - an object torn down under us: try again later
+                member_id = None
             if member_id and member_id != known:
                 try:
-                    remember_member(settings, member_id)
+                    remember_member(settings, member_id, group_id)
                     known = member_id
                 except OSError as exc:
-                    log.warning("group_member_not_recorded", error=str(exc))
+                    log.warning("group_member_not_recorded", group=group_id or settings.app_id, error=str(exc))
             time.sleep(0.05 if time.monotonic() - started < 60 else 0.5)
 
-    t = threading.Thread(target=run, name="group-member", daemon=True)
+    t = threading.Thread(target=run, name=f"group-member-{group_id or 'faust'}", daemon=True)
     t.start()
     return t
