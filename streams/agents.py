@@ -78,6 +78,15 @@ async def drain_when_idle(runtime: WorkerRuntime) -> None:
 
 
 def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
+    """The agents; the interactions one only with ``interactions_consumer="faust"`` (else
+    ``streams.interactions_consumer`` reads that topic)."""
+    s = runtime.settings
+    if s.interactions_consumer == "faust":
+        _register_interactions_agent(app, runtime, topics)
+    _register_other_agents(app, runtime, topics)
+
+
+def _register_interactions_agent(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
     s = runtime.settings
 
     @app.agent(topics["interactions"], name="interactions")
@@ -96,6 +105,10 @@ def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, An
                                           commit=True)
             if committed is not FAILED:
                 await queue.put(committed, events)
+
+
+def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
+    s = runtime.settings
 
     @app.agent(topics["items"], name="items")
     async def items(stream: faust.StreamT[bytes]) -> None:

@@ -21,7 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from streams import metrics
 from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
-from streams.membership import rejoin_as_previous_member, watch_member
+from streams.interactions_consumer import InteractionsConsumer, group_id
+from streams.membership import current_member_id, rejoin_as_previous_member, watch_member
 from streams.runtime import WorkerRuntime
 from streams.views import register_views
 from towerstream.events.deadletter import MAX_RECORD_BYTES
@@ -123,6 +124,10 @@ def create_app(settings: Settings) -> faust.App:
     runtime.topics = topics  # type: ignore[attr-defined]
 
     register_agents(app, runtime, topics)
+    interactions_consumer: InteractionsConsumer | None = None
+    if settings.interactions_consumer == "batch":
+        # A child of the app: it starts (and joins its group) alongside Faust's consumer.
+        interactions_consumer = app.add_dependency(InteractionsConsumer(app, runtime, topics["interactions"]))
     register_views(app, runtime, topics)
     try:
         from streams.drift_task import register_drift
@@ -146,7 +151,9 @@ def create_app(settings: Settings) -> faust.App:
             return  # Faust sends this signal twice
         runtime.begin_open()
         rejoin_as_previous_member(settings)  # a SIGKILLed predecessor must not hold up the group join
-        watch_member(app, settings)
+        watch_member(lambda: current_member_id(app), settings)
+        if interactions_consumer is not None:  # its own group: same for it (it records its id itself)
+            rejoin_as_previous_member(settings, group_id(settings))
 
     @app.task
     async def open_engine() -> None:
@@ -204,6 +211,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect
     async def final_checkpoint(app: faust.App, **kwargs: Any) -> None:
+        if interactions_consumer is not None:  # its batch in flight durable, offsets committed, group left
+            with contextlib.suppress(Exception):
+                await interactions_consumer.close()
         with contextlib.suppress(Exception):
             await runtime.close()
 

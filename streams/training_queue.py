@@ -34,7 +34,7 @@ log = structlog.get_logger(__name__)
 @dataclass
 class _Queued:
     committed: Committed
-    #: The batch's Faust events: dead-lettered if training it raises.
+    #: The batch's Faust events or aiokafka records: dead-lettered if training it raises.
     events: Sequence[Any]
 
 

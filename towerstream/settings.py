@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_json: bool = True
 
+    #: How the worker reads the interactions topic. "batch": record batches straight from an aiokafka
+    #: consumer in its own group ("<app_id>-interactions"), no per-event Faust objects
+    #: (streams/interactions_consumer.py). "faust": a Faust agent in Faust's group, as before; its
+    #: per-event Message/Event/ack machinery costs ~200-400 us of Python per event.
+    interactions_consumer: Literal["batch", "faust"] = "batch"
+
     # Micro-batching and model cadence
     batch_max: int = 512
     batch_within_s: float = 0.05

@@ -1,0 +1,299 @@
+"""The interactions topic read in record batches straight from aiokafka, without Faust per event.
+
+Why: Faust wraps every record in a Message and an Event, queues it through its stream and
+acks it one by one: ~200-400 us of GIL-holding Python per event, which capped the worker far
+below 5,000 interactions/s on 2 cores. Here ``getmany`` hands over a batch of aiokafka
+records, which are validated, made durable and queued for training exactly as the Faust
+agent does it (``streams.agents``), and their offsets are committed per partition, not per event.
+
+The consumer is in a group of its own (``<app_id>-interactions``), not Faust's: Faust's
+assignor and its per-event acks keep to the topics its agents read. Eager assignment
+(aiokafka's default round robin): cooperative-sticky never assigned a second member on the
+test broker.
+
+Offsets: a batch's offsets count as done once ``Engine.commit_interactions`` has returned (its
+events are in RocksDB) or its records were dead-lettered; done offsets are committed every
+second after the producer is flushed (so a dead letter is delivered before its record's offset
+is committed), and on revocation and shutdown after the batch in flight. Serving never waits
+for a commit: the engine has the events before the offsets are even considered. A restart
+re-reads at most the last second; event ids make that harmless, and a partition is sought to
+what RocksDB already holds (``Engine.offsets``) when that is ahead of the committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from mode import Service
+
+from streams.agents import _staged
+from streams.batch_apply import FAILED, apply_batch
+from streams.kafka_auth import aiokafka_kwargs
+from streams.membership import watch_member
+from streams.runtime import WorkerRuntime
+from streams.training_queue import TrainingQueue
+from towerstream.engine import SourcePos
+from towerstream.events import InvalidEvent, decode_interaction
+from towerstream.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+#: Seconds between offset commits (Faust's ``broker_commit_interval`` in this app).
+COMMIT_INTERVAL_S = 1.0
+#: How long one ``getmany`` waits when nothing is buffered (bounds how fast a stop is noticed).
+POLL_TIMEOUT_MS = 200
+
+
+def group_id(settings: Settings) -> str:
+    """The batch consumer's own consumer group."""
+    return f"{settings.app_id}-interactions"
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: InteractionsConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.owner._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.owner._on_assigned(assigned)
+
+
+class InteractionsConsumer(Service):  # type: ignore[misc]
+    """Reads the interactions topic into the engine in batches; a child service of the Faust app.
+
+    It starts with the app, so its group join overlaps Faust's and the engine's loading; it
+    reads once the engine is ready. ``close`` must run before ``WorkerRuntime.close``.
+    """
+
+    def __init__(self, app: Any, runtime: WorkerRuntime, topic: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+        self.runtime = runtime
+        self.settings = runtime.settings
+        #: The Faust topic: declared (created if missing) before subscribing.
+        self.topic = topic
+        self.group = group_id(self.settings)
+        self.consumer: AIOKafkaConsumer | None = None
+        self._in_flight = asyncio.Lock()  # held while a batch is validated, committed and queued
+        self._done: dict[TopicPartition, int] = {}  # next offset whose predecessors are durable
+        self._committed: dict[TopicPartition, int] = {}
+        self._to_seek: set[TopicPartition] = set()
+        self._closing = False
+        self._closed = False
+        self._task: asyncio.Future[None] | None = None
+        self._committer: asyncio.Future[None] | None = None
+
+    async def on_start(self) -> None:
+        self._task = self.add_future(self._run())
+
+    async def on_stop(self) -> None:
+        await self.close()
+
+    # ----- consuming --------------------------------------------------------------------------
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        s = self.settings
+        return AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap, group_id=self.group, client_id=f"{s.app_id}-interactions",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            fetch_max_wait_ms=s.consumer_max_fetch_wait_ms, max_poll_records=s.batch_max,
+            session_timeout_ms=int(s.broker_session_timeout * 1000),
+            heartbeat_interval_ms=int(s.broker_heartbeat_interval * 1000),
+            # As Faust's consumer: a rebalance may wait for a batch in flight; the loop never
+            # stops polling for long, but the engine may take minutes to load before it starts.
+            rebalance_timeout_ms=60_000, max_poll_interval_ms=1_000_000, request_timeout_ms=90_000,
+            **aiokafka_kwargs(s),
+        )
+
+    async def _run(self) -> None:
+        s = self.settings
+        with contextlib.suppress(Exception):  # topics are normally created up front; a failure shows below
+            await self.topic.maybe_declare()
+        consumer = self.consumer = await self._started_consumer()
+        watch_member(lambda: _member_id(consumer), s, self.group)
+        consumer.subscribe([s.topic("interactions")], listener=_Listener(self))
+        log.info("interactions_consumer_started", group=self.group, topic=s.topic("interactions"))
+        engine = await self.runtime.wait_ready()
+        queue = self.runtime.training_queue = TrainingQueue(
+            self.runtime, engine, s.topic("interactions"), max_events=s.train_batch_max,
+            max_pending=s.train_queue_max, merge_after=s.train_merge_after)
+        self._committer = asyncio.ensure_future(self._commit_periodically())
+        while not self._closing:
+            if self._to_seek:
+                await self._seek_to_durable(engine)
+            try:
+                got = await self._take(consumer)
+            except KafkaError as exc:  # e.g. a coordinator error aiokafka hands back: log it, go on
+                log.warning("interactions_fetch_failed", error=repr(exc)[:300])
+                await asyncio.sleep(1.0)
+                continue
+            assigned = consumer.assignment()  # a rebalance while taking: drop what is no longer ours
+            got = {tp: batch for tp, batch in got.items() if tp in assigned}
+            if not got:
+                continue
+            async with self._in_flight:  # acquired without yielding: no revocation in between
+                records = [r for batch in got.values() for r in batch]
+                try:
+                    await self._process(engine, queue, records)
+                except Exception:  # noqa: BLE001 - a bug, not bad input (that is dead-lettered): retry
+                    log.exception("interactions_batch_failed", records=len(records))
+                    for tp, batch in got.items():  # read it again: its offsets are not done
+                        log.warning("interactions_batch_retried", topic=tp.topic, partition=tp.partition,
+                                    offset=batch[0].offset, records=len(batch))
+                        if tp in consumer.assignment():
+                            consumer.seek(tp, batch[0].offset)
+                    await asyncio.sleep(1.0)
+                    continue
+                for tp, batch in got.items():
+                    self._done[tp] = max(self._done.get(tp, 0), batch[-1].offset + 1)
+
+    async def _take(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Up to ``batch_max`` records, waiting at most ``batch_within_s`` after the first for more.
+
+        As Faust's ``take_events``: each batch is a journal entry and a train step, so light
+        traffic read as it trickles in (a record or two per fetch) would cost a step per event.
+        """
+        s = self.settings
+        got = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=s.batch_max)
+        n = sum(len(batch) for batch in got.values())
+        deadline = time.monotonic() + s.batch_within_s
+        while 0 < n < s.batch_max and not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = await consumer.getmany(timeout_ms=max(int(left * 1000), 1), max_records=s.batch_max - n)
+            for tp, batch in more.items():
+                got.setdefault(tp, []).extend(batch)
+                n += len(batch)
+        return got
+
+    async def _started_consumer(self) -> AIOKafkaConsumer:
+        """A started consumer; retried while the broker cannot be reached (as Faust's own retries)."""
+        delay = 0.5
+        while True:
+            consumer = self._new_consumer()
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaError as exc:
+                log.warning("interactions_consumer_start_failed", error=repr(exc)[:300], retry_in_s=delay)
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _process(self, engine: Any, queue: TrainingQueue, records: Sequence[ConsumerRecord]) -> None:
+        """What the Faust agent does with a batch: validate, dead-letter, commit durably, queue."""
+        runtime = self.runtime
+        valid: list[Any] = []
+        sources: list[SourcePos] = []
+        kept: list[ConsumerRecord] = []
+        for rec in records:
+            try:
+                valid.append(decode_interaction(rec.value))
+            except InvalidEvent as exc:
+                await runtime.dead_letter(rec, exc.reason, exc.kind)
+                continue
+            except Exception as exc:  # noqa: BLE001 - bad input must never stop the consumer
+                await runtime.dead_letter(rec, f"{type(exc).__name__}: {exc}", "invalid")
+                continue
+            sources.append(SourcePos(rec.topic, rec.partition, rec.offset))
+            kept.append(rec)
+        if not valid or await _staged(runtime, engine, "interactions", valid, sources):
+            return
+        committed = await apply_batch(runtime, kept, sources, engine.commit_interactions, valid, sources,
+                                      commit=True)
+        if committed is not FAILED:
+            await queue.put(committed, kept)
+
+    async def _seek_to_durable(self, engine: Any) -> None:
+        """Skip what RocksDB already holds (a kill lost the last second of offset commits)."""
+        assert self.consumer is not None
+        tps, self._to_seek = self._to_seek & self.consumer.assignment(), set()
+        for tp in tps:
+            durable = engine.offsets.get(f"{tp.topic}:{tp.partition}", 0)
+            try:
+                position = await self.consumer.position(tp)
+            except KafkaError as exc:
+                log.warning("interactions_position_unknown", topic=tp.topic, partition=tp.partition, error=repr(exc))
+                continue
+            if durable > position:
+                self.consumer.seek(tp, durable)
+                log.info("interactions_seek_to_durable", topic=tp.topic, partition=tp.partition,
+                         offset=durable, committed=position)
+
+    # ----- offsets ----------------------------------------------------------------------------
+    async def _commit_periodically(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(COMMIT_INTERVAL_S)
+            await self._commit()
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit done offsets (of ``only``, else all assigned), after dead letters are delivered."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        assigned = consumer.assignment()
+        offsets = {tp: off for tp, off in self._done.items()
+                   if tp in assigned and (only is None or tp in only) and off > self._committed.get(tp, -1)}
+        if not offsets:
+            return
+        try:
+            await self.app.producer.flush()  # dead letters of these records are delivered first
+            await consumer.commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - e.g. a rebalance or the broker away: next time
+            log.warning("interactions_commit_failed", error=repr(exc)[:300],
+                        offsets={f"{tp.topic}:{tp.partition}": off for tp, off in offsets.items()})
+            return
+        for tp, off in offsets.items():
+            self._committed[tp] = max(self._committed.get(tp, -1), off)
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._in_flight:  # the batch in flight is durable and queued first
+            await self._commit(set(revoked))
+        for tp in revoked:
+            self._done.pop(tp, None)
+            self._committed.pop(tp, None)
+        log.info("interactions_partitions_revoked", group=self.group,
+                 partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._to_seek |= set(assigned)
+        log.info("interactions_partitions_assigned", group=self.group,
+                 partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+    # ----- shutdown ---------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Finish the batch in flight, commit its offsets, leave the group (idempotent)."""
+        if self._closed:
+            return
+        self._closed = self._closing = True
+        t0 = time.perf_counter()
+        async with self._in_flight:
+            for fut in (self._task, self._committer):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await fut
+            await self._commit()
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+        log.info("interactions_consumer_stopped", group=self.group, seconds=round(time.perf_counter() - t0, 3),
+                 committed={f"{tp.topic}:{tp.partition}": off for tp, off in self._committed.items()})
+
+
+def _member_id(consumer: AIOKafkaConsumer) -> str | None:
+    """The member id the coordinator gave this consumer (attribute reads only: any thread)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    member_id = getattr(coordinator, "member_id", None)
+    return str(member_id) if member_id else None
