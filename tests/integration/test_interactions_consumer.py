@@ -37,6 +37,13 @@ from towerstream.synthetic import StreamSpec
 pytestmark = [pytest.mark.broker]
 
 
+@pytest.fixture(autouse=True)
+def _batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers inherit the environment, and only settings that differ from the defaults are
+    passed on explicitly: pin the path here, whatever the default or the caller's environment."""
+    monkeypatch.setenv("TOWERSTREAM_INTERACTIONS_CONSUMER", "batch")
+
+
 def group_offsets(settings: Settings, group: str, topics: tuple[str, ...] = ("interactions",)) -> dict[str, int]:
     """Committed offsets of ``group`` as {"topic:partition": next offset} (absent: none committed)."""
     admin = KafkaAdminClient(**client_config(settings, client_id="test-admin"), request_timeout_ms=10_000)
