@@ -21,7 +21,7 @@ import structlog
 from streams import metrics
 from streams.batch_apply import FAILED, apply_batch
 from streams.runtime import WorkerRuntime
-from streams.training_queue import TrainingQueue, _train_observed
+from streams.training_queue import TrainingQueue, _train_observed, commit_observed
 from towerstream.engine import SourcePos
 from towerstream.events import InvalidEvent, RecommendResponse, decode_interaction, decode_item, decode_user, encode
 from towerstream.events.recommend import RecommendRequest
@@ -48,7 +48,7 @@ async def _validate(
 
 def _learn_observed(runtime: WorkerRuntime, engine: Any, valid: list[Any], sources: list[SourcePos]) -> Any:
     """``Engine.learn`` with the monitor's test-then-train probe, on the training thread."""
-    return _train_observed(runtime, engine, [engine.commit_interactions(valid, sources)])
+    return _train_observed(runtime, engine, [commit_observed(runtime, engine, valid, sources)])
 
 
 async def _staged(runtime: WorkerRuntime, engine: Any, kind: str, valid: list[Any], sources: list[SourcePos]) -> bool:
@@ -101,7 +101,7 @@ def _register_interactions_agent(app: faust.App, runtime: WorkerRuntime, topics:
                 continue
             # Durable here; Faust acks the batch when this body returns, and the queue trains it
             # on the training thread while the next batch is read.
-            committed = await apply_batch(runtime, events, sources, engine.commit_interactions, valid, sources,
+            committed = await apply_batch(runtime, events, sources, commit_observed, runtime, engine, valid, sources,
                                           commit=True)
             if committed is not FAILED:
                 await queue.put(committed, events)

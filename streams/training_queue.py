@@ -38,12 +38,19 @@ class _Queued:
     events: Sequence[Any]
 
 
+def commit_observed(runtime: WorkerRuntime, engine: Any, events: Sequence[Any], sources: Sequence[Any]) -> Committed:
+    """On the commit thread: the monitor scores a sample first (test-then-train), because a
+    committed event is shown to serving at once (``EngineConfig.visible_at_commit``)."""
+    if runtime.monitor is not None and events:
+        runtime.monitor.before_learn(engine, events)
+    committed: Committed = engine.commit_interactions(events, sources)
+    return committed
+
+
 def _train_observed(runtime: WorkerRuntime, engine: Any, batches: list[Committed]) -> LearnResult:
-    """On the training thread: the monitor scores a sample before it is learned (test-then-train)."""
+    """On the training thread: learn, then the monitor accounts the batch."""
     events = [ev for c in batches for ev in c.events]
     monitor = runtime.monitor
-    if monitor is not None and events:
-        monitor.before_learn(engine, events)
     res: LearnResult = engine.train_committed(batches)
     if monitor is not None and events:
         monitor.after_learn(engine, events, res)

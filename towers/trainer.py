@@ -16,6 +16,7 @@ event (history snapshots and appends).
 from __future__ import annotations
 
 import io
+import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
@@ -107,6 +108,9 @@ class TwoTowerTrainer:
         #: (user row, item row) -> pre-event history snapshots taken by ``observe``, not yet learned.
         self._observed: dict[tuple[int, int], deque[np.ndarray]] = {}
         self._n_observed = 0
+        #: Histories (rings, observed snapshots) and the user tables' growth: ``observe`` may run on
+        #: another thread than training (a worker shows events to serving as soon as they are durable).
+        self.history_lock = threading.RLock()
         r = max(config.replay_size, 0)
         self.replay_users = np.zeros(r, dtype=np.int64)
         self.replay_items = np.zeros(r, dtype=np.int64)
@@ -158,14 +162,19 @@ class TwoTowerTrainer:
         self._grow_embedding(self.model.item_id, needed)
 
     def ensure_users(self, max_row: int) -> None:
-        needed = max_row + 1
-        cap = self.user_feats.shape[0]
-        if needed > cap:
-            new_cap = max(needed, cap * 2)
-            self.user_feats = _grow(self.user_feats, new_cap, 0)
-            self.user_hist = _grow(self.user_hist, new_cap, -1)
-            self.user_hist_n = _grow(self.user_hist_n, new_cap, 0)
-        self._grow_embedding(self.model.user_id, needed)
+        self._ensure_user_tables(max_row)
+        self._grow_embedding(self.model.user_id, max_row + 1)
+
+    def _ensure_user_tables(self, max_row: int) -> None:
+        """Grow the user arrays (not the id embedding, which only the training thread may swap)."""
+        with self.history_lock:
+            needed = max_row + 1
+            cap = self.user_feats.shape[0]
+            if needed > cap:
+                new_cap = max(needed, cap * 2)
+                self.user_feats = _grow(self.user_feats, new_cap, 0)
+                self.user_hist = _grow(self.user_hist, new_cap, -1)
+                self.user_hist_n = _grow(self.user_hist_n, new_cap, 0)
 
     # ----- content -------------------------------------------------------------------
     def set_items(self, rows: np.ndarray, contents: Sequence[ItemContentLike]) -> None:
@@ -191,8 +200,10 @@ class TwoTowerTrainer:
         if len(rows) == 0:
             return
         self.ensure_users(int(rows.max()))
-        for row, feats in zip(rows.tolist(), features):
-            self.user_feats[row] = encode_features(feats, "p:", buckets=self.cfg.feat_buckets, limit=self.cfg.max_feats)
+        with self.history_lock:  # a concurrent growth must not drop these writes
+            for row, feats in zip(rows.tolist(), features):
+                self.user_feats[row] = encode_features(
+                    feats, "p:", buckets=self.cfg.feat_buckets, limit=self.cfg.max_feats)
 
     def history(self, user_row: int) -> np.ndarray:
         """The user's recent item rows, most recent first, -1 padded -> (L,)."""
@@ -219,15 +230,15 @@ class TwoTowerTrainer:
         """
         if len(user_rows) == 0:
             return
-        self.ensure_users(int(user_rows.max()))
-        self.ensure_items(int(item_rows.max()))
-        snaps = self._sequential_histories(user_rows, item_rows)
-        for u, i, snap in zip(user_rows.tolist(), item_rows.tolist(), snaps):
-            self._observed.setdefault((u, i), deque()).append(snap)
-        self._n_observed += len(user_rows)
-        if self._n_observed > 1_000_000:  # events observed but never learned: drop, do not leak
-            self._observed.clear()
-            self._n_observed = 0
+        with self.history_lock:  # safe beside a train step: grows no embedding, touches no weights
+            self._ensure_user_tables(int(user_rows.max()))
+            snaps = self._sequential_histories(user_rows, item_rows)
+            for u, i, snap in zip(user_rows.tolist(), item_rows.tolist(), snaps):
+                self._observed.setdefault((u, i), deque()).append(snap)
+            self._n_observed += len(user_rows)
+            if self._n_observed > 1_000_000:  # events observed but never learned: drop, do not leak
+                self._observed.clear()
+                self._n_observed = 0
 
     def _sequential_histories(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
         """Append events to the rings in order; -> (B, L) each event's history just before it."""
@@ -247,6 +258,10 @@ class TwoTowerTrainer:
 
     def _histories_for(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
         """Pre-event histories for a batch: observed snapshots, else computed (and appended) now."""
+        with self.history_lock:
+            return self._histories_locked(user_rows, item_rows)
+
+    def _histories_locked(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
         if not self._observed:
             return self._sequential_histories(user_rows, item_rows)
         out = np.empty((len(user_rows), self.cfg.history_len), dtype=np.int64)
@@ -281,10 +296,13 @@ class TwoTowerTrainer:
         self, user_rows: np.ndarray, hist: np.ndarray, contexts: Sequence[Mapping[str, object]] | None
     ) -> torch.Tensor:
         """(B,) user rows, (B, L) history rows (most recent first, -1 padded) -> (B, D)."""
-        valid = hist >= 0
+        # A row the item tables do not hold yet (an event shown to serving before its train step
+        # grew them) counts as padding until then.
+        valid = (hist >= 0) & (hist < self.item_capacity())
         # Histories are most recent first and -1 padded at the end: drop the columns no user in
         # the batch fills (the pooling is the same; short histories no longer cost a full L).
-        width = max(int(valid.sum(1).max()) if len(hist) else 0, 1)
+        filled = np.flatnonzero(valid.any(0)) if len(hist) else np.zeros(0, dtype=np.int64)
+        width = int(filled[-1]) + 1 if len(filled) else 1
         hist, valid = hist[:, :width], valid[:, :width]
         uniq, inv = np.unique(np.where(valid, hist, 0), return_inverse=True)
         vecs = self.model.item_out(self._item_base(uniq))  # (U, D): the item tower's own embeddings
@@ -406,9 +424,10 @@ class TwoTowerTrainer:
         """Append items to users' recent-item rings (in event order)."""
         self.ensure_users(int(user_rows.max()))
         n_hist = self.cfg.history_len
-        for u, i in zip(user_rows.tolist(), item_rows.tolist()):
-            self.user_hist[u, self.user_hist_n[u] % n_hist] = i
-            self.user_hist_n[u] += 1
+        with self.history_lock:
+            for u, i in zip(user_rows.tolist(), item_rows.tolist()):
+                self.user_hist[u, self.user_hist_n[u] % n_hist] = i
+                self.user_hist_n[u] += 1
 
     def exploration_bonus(self, rows: np.ndarray) -> np.ndarray:
         """(N,) -> (N,) optimism for items with few interactions: ``bonus / (1 + count) ** power``.
@@ -472,6 +491,8 @@ class TwoTowerTrainer:
             },
             "freq": (self.freq.last, self.freq.gap, self.freq.step),
             "steps": self.steps,
+            # Events shown to serving (history) but not learned yet: their pre-event snapshots.
+            "observed": {key: list(q) for key, q in self._observed.items()},
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         }
@@ -502,5 +523,7 @@ class TwoTowerTrainer:
         self.opt_dense.load_state_dict(state["opt_dense"])
         self.freq.last, self.freq.gap, self.freq.step = state["freq"]
         self.steps = state["steps"]
+        self._observed = {tuple(k): deque(v) for k, v in state.get("observed", {}).items()}  # type: ignore[misc]
+        self._n_observed = sum(len(q) for q in self._observed.values())
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])

@@ -42,8 +42,8 @@ jumping half-way, batches of 64, ``sample_rate=0.5``), 15 seeds each with and wi
   points); Page-Hinkley on the raw level is dominated by the warm-up mean. This is the
   weaker signal: the report's ``change`` flag is either detector.
 
-All hooks but ``observe_served`` run on the worker's training thread (serialised with every
-engine mutation); ``observe_served`` only takes a lock and appends.
+``before_learn`` runs where the worker commits a batch, ``after_learn`` and reports on the
+training thread; they take turns on one lock. ``observe_served`` only takes a lock and appends.
 """
 
 from __future__ import annotations
@@ -281,6 +281,9 @@ class DriftMonitor:
         self._reset_window()
         # any-thread state (served lists)
         self._lock = threading.Lock()
+        #: ``before_learn`` runs where a batch is committed, ``after_learn`` and ``report`` where it
+        #: is trained: two threads in a worker, so the hooks take turns.
+        self._hooks = threading.RLock()
         self._served_counts: Counter[str] = Counter()
         self._served_scores: list[float] = []
         self._served_lists = 0
@@ -296,7 +299,15 @@ class DriftMonitor:
 
     # ----- hooks ---------------------------------------------------------------------------------
     def before_learn(self, engine: EngineLike, events: Sequence[Interaction]) -> ProbeResult:
-        """Score the sampled events with the model as it is before this batch (test-then-train)."""
+        """Score the sampled events with the model as it is before this batch (test-then-train).
+
+        Call it before the batch is committed: a worker shows committed events to serving (history,
+        seen items) before it trains them, and a seen item is never recommended.
+        """
+        with self._hooks:
+            return self._before_learn(engine, events)
+
+    def _before_learn(self, engine: EngineLike, events: Sequence[Interaction]) -> ProbeResult:
         cfg = self.config
         res = ProbeResult()
         probes: list[Interaction] = []
@@ -336,6 +347,10 @@ class DriftMonitor:
 
     def after_learn(self, engine: EngineLike, events: Sequence[Interaction], result: Any) -> DriftReport | None:
         """Account the batch, feed the shift detector, and build a report when the event cadence is due."""
+        with self._hooks:
+            return self._after_learn(engine, events, result)
+
+    def _after_learn(self, engine: EngineLike, events: Sequence[Interaction], result: Any) -> DriftReport | None:
         trained = int(getattr(result, "trained", len(events)))
         if trained <= 0:
             return None
@@ -355,7 +370,7 @@ class DriftMonitor:
                 self._w_changes.append(ChangePoint(detector="item_shift", at_event=self.events_total,
                                                    at_ms=hi, before=change[0], after=change[1]))
         if self._w_events >= self.config.every_events:
-            return self.report(engine)
+            return self._report(engine)
         return None
 
     def observe_served(self, recommendations: Any) -> None:
@@ -420,6 +435,10 @@ class DriftMonitor:
 
     def report(self, engine: EngineLike, now_ms: int | None = None) -> DriftReport:
         """Build the report for the window since the last one (training thread) and queue it."""
+        with self._hooks:
+            return self._report(engine, now_ms)
+
+    def _report(self, engine: EngineLike, now_ms: int | None = None) -> DriftReport:
         cfg = self.config
         live = self._live_rows(engine)
         rows = self._track(live)

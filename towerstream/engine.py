@@ -64,6 +64,10 @@ class EngineConfig:
     include_scan_max: int = 20_000
     #: Above this many rows a direct category scan is not run on the caller's event loop.
     include_scan_inline_max: int = 4_000
+    #: Show interactions to serving (history, seen items, so the user vector) as soon as they are
+    #: durable, not after their train step: what a user did is reflected within the commit, however
+    #: far behind training is. Off: visible after the step (the behaviour before this option).
+    visible_at_commit: bool = True
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,9 @@ class Engine:
                 self._load_attributes_from_store()
             self.vector_versions = state.get("vector_versions", np.zeros(len(self.live), dtype=np.int64))
             self.trained_in_model = state.get("trained_in_model", 0)
+            # Events shown to serving before the checkpoint but trained after it: the journal replay
+            # trains them without adding them to histories and seen items a second time.
+            self._observed = set(state.get("observed_ids", ()))
             self.offsets = dict(info.meta.get("offsets", {}))
             self.seq = info.seq
             log.info("checkpoint_loaded", seq=info.seq, items=len(self.index), model_version=self.model_version)
@@ -361,6 +368,7 @@ class Engine:
                     "live": self.live.copy(),
                     "vector_versions": self.vector_versions.copy(),
                     "trained_in_model": self.trained_in_model,
+                    "observed_ids": set(self._observed),
                 },
                 meta={"model_version": self.model_version, "items": len(self.index), "offsets": dict(self.offsets)},
             )
@@ -564,15 +572,27 @@ class Engine:
                 fresh_src.append(sources[n] if sources else None)
             seq = 0
             if fresh:
-                self.users.get_or_create([e.user_id for e in fresh], batch=batch)
-                self.items.get_or_create([e.item_id for e in fresh], batch=batch)
+                u = self.users.get_or_create([e.user_id for e in fresh], batch=batch)
+                i = self.items.get_or_create([e.item_id for e in fresh], batch=batch)
                 self.store.incr("trained", len(fresh), batch=batch)
                 self._journal(batch, "interactions", fresh, fresh_src)
                 self.store.write(batch)
                 seq = self.seq
                 self._untrained.add(seq)
                 self._counts = (self._counts[0] + len(fresh), self._counts[1] + len(fresh))
+                if self.config.visible_at_commit:
+                    self._make_visible(fresh, u, i)
         return Committed(fresh, fresh_src, seq, dups, time.perf_counter() - t0)
+
+    def _make_visible(self, events: Sequence[Interaction], u: np.ndarray, i: np.ndarray) -> None:
+        """History and seen items now (under the history lock only, beside a train step)."""
+        with self.trainer.history_lock:
+            new = np.array([e.event_id not in self._observed for e in events], dtype=bool)
+            if not new.any():
+                return  # already observed (``towerstream evaluate`` observes each event itself)
+            self.trainer.observe(u[new], i[new])
+            self._append_seen(u[new], i[new])
+            self._observed.update(e.event_id for e, n in zip(events, new.tolist()) if n)
 
     def train_committed(self, batches: Sequence[Committed]) -> LearnResult:
         """The training half of ``learn``: one train step over the committed batches, merged.
@@ -612,7 +632,7 @@ class Engine:
         with self.commit_lock:
             u = self.users.get_or_create([e.user_id for e in events])
             i = self.items.get_or_create([e.item_id for e in events])
-        with self.lock, self.items_lock:
+        with self.lock, self.items_lock, self.trainer.history_lock:
             self.trainer.observe(u, i)
             self._append_seen(u, i)
             self._observed.update(e.event_id for e in events)
@@ -646,9 +666,10 @@ class Engine:
         # Popularity with exponential decay, for fallbacks and the popularity-bias metric.
         self.popularity *= 0.5 ** (len(events) / self.config.popularity_half_life)
         np.add.at(self.popularity, i, 1.0)
-        fresh = np.array([e.event_id not in self._observed for e in events], dtype=bool)
-        self._observed.difference_update(e.event_id for e in events)
-        self._append_seen(u[fresh], i[fresh])
+        with self.trainer.history_lock:
+            fresh = np.array([e.event_id not in self._observed for e in events], dtype=bool)
+            self._observed.difference_update(e.event_id for e in events)
+            self._append_seen(u[fresh], i[fresh])
         lags: list[float] = []
         with self.items_lock:  # an item upsert meanwhile must not be overwritten by its older vector
             touched = np.unique(i[self.live[i]])

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from towers import TowerConfig
 from towerstream.engine import Engine, EngineConfig, SourcePos
 from towerstream.events import Interaction, ItemUpsert
@@ -103,3 +105,64 @@ def test_stats_count_durable_and_untrained_events_as_one_pair(tmp_path: Path) ->
         assert (again.stats()["trained_total"], again.stats()["untrained_events"]) == (20.0, 0.0)
     finally:
         again.close()
+
+
+def history(eng: Engine, user: str) -> list[int]:
+    row = eng.users.get(user)
+    assert row is not None
+    return [r for r in eng.trainer.history(row).tolist() if r >= 0]
+
+
+def test_a_committed_interaction_is_served_before_its_train_step(tmp_path: Path) -> None:
+    """visible_at_commit: history, seen items and so the user vector move at commit, not at training."""
+    eng = Engine.open(tmp_path, SMALL)
+    eng.apply_items([item(i) for i in range(20)])  # clicks reach i0-i9 only
+    eng.learn(clicks(0, 30))
+    before = eng.recommend("u1", 10)
+    take = next(i for i, _ in before.items)
+    ev = [Interaction(event_id="x1", user_id="u1", item_id=take, kind="click", ts=T0 + 100)]
+    version = eng.model_version
+    hist_before = history(eng, "u1")
+    uvec_before = eng.trainer.embed_users(np.array([eng.users.get("u1")]))
+    with eng.lock:  # a train step is running: the commit must not wait for it
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (eng.commit_interactions(ev), done.set()))
+        t.start()
+        assert done.wait(5), "the commit waited for the train step"
+        assert take not in {i for i, _ in eng.recommend("u1", 10).items}
+        assert history(eng, "u1") == [eng.items.get(take), *hist_before][: SMALL.tower.history_len]
+        assert (eng.trainer.embed_users(np.array([eng.users.get("u1")])) != uvec_before).any()
+        assert eng.model_version == version  # nothing trained yet
+    t.join()
+
+
+def test_visible_events_are_trained_and_replayed_without_a_second_history_entry(tmp_path: Path) -> None:
+    eng = Engine.open(tmp_path, SMALL)
+    eng.apply_items([item(i) for i in range(10)])
+    eng.learn(clicks(0, 30), src(clicks(0, 30)))
+    waiting = clicks(30, 9)  # u0, u1, u2 three times each
+    committed = eng.commit_interactions(waiting, src(waiting))
+    shown = {u: history(eng, u) for u in ("u0", "u1", "u2")}
+    seen = {u: sorted(eng.seen_rows(eng.users.get(u))) for u in ("u0", "u1", "u2")}  # type: ignore[arg-type]
+    eng.checkpoint()  # covers the journal up to just before the waiting batch
+    eng.train_committed([committed])
+    assert {u: history(eng, u) for u in shown} == shown  # training added nothing a second time
+    eng.close()
+
+    back = Engine.open(tmp_path, SMALL)  # the waiting batch is replayed from the journal
+    assert back.trained_in_model == 39
+    assert {u: history(back, u) for u in shown} == shown
+    assert {u: sorted(back.seen_rows(back.users.get(u))) for u in shown} == seen  # type: ignore[arg-type]
+
+
+def test_without_visible_at_commit_serving_moves_at_the_train_step(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    eng = Engine.open(tmp_path, replace(SMALL, visible_at_commit=False))
+    eng.apply_items([item(i) for i in range(10)])
+    eng.learn(clicks(0, 30))
+    hist = history(eng, "u1")
+    committed = eng.commit_interactions([Interaction(event_id="x1", user_id="u1", item_id="i3", ts=T0 + 100)])
+    assert history(eng, "u1") == hist
+    eng.train_committed([committed])
+    assert history(eng, "u1")[0] == eng.items.get("i3")
