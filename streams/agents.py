@@ -118,7 +118,7 @@ def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[
             if not valid or await _staged(runtime, engine, "items", valid, sources):
                 continue
             t0 = time.perf_counter()
-            res = await apply_batch(runtime, events, sources, engine.apply_items, valid, sources)
+            res = await apply_batch(runtime, events, sources, engine.apply_items, valid, sources, items=True)
             if res is FAILED:
                 continue
             topic = s.topic("items")

@@ -27,8 +27,9 @@ FAILED = object()
 
 
 async def apply_batch(runtime: WorkerRuntime, events: Sequence[Any], sources: Sequence[SourcePos],
-                      fn: Callable[..., Any], *args: Any, commit: bool = False) -> Any:
-    """Run an engine call for a batch on the training thread (``commit``: the commit thread).
+                      fn: Callable[..., Any], *args: Any, commit: bool = False, items: bool = False) -> Any:
+    """Run an engine call for a batch on the training thread (``commit``: the commit thread,
+    ``items``: the items thread).
 
     If it raises, the batch's valid records go to the dead-letter topic with the error as the
     reason: the batch's offsets are acknowledged either way, so swallowing or re-raising would lose
@@ -37,6 +38,8 @@ async def apply_batch(runtime: WorkerRuntime, events: Sequence[Any], sources: Se
     try:
         if commit:
             return await runtime.run_commit(fn, *args)
+        if items:
+            return await runtime.run_items(fn, *args)
         return await runtime.run(fn, *args)
     except Exception as exc:  # noqa: BLE001 - the edge decides: dead-letter, never lose
         log.exception("batch_failed", records=len(sources), error=type(exc).__name__)

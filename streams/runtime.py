@@ -40,6 +40,9 @@ class WorkerRuntime:
         self.serve_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="serve")
         #: Durable halves of interaction batches (``Engine.commit_interactions``), apart from training.
         self.commit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        #: Item upserts and deletes (``Engine.apply_items``): they take the engine's items lock, not
+        #: the one a train step holds, so a new item is searchable while a step runs.
+        self.items_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="items")
         #: Background work that must not hold the training thread: checkpoint writes
         #: (``Engine.write_snapshot``) and IVF re-fits (``Engine.refit_index``), one at a time.
         self.maintenance_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maintenance")
@@ -51,9 +54,10 @@ class WorkerRuntime:
         self.dead_letter_topic: Any = None  # set by the app: a faust Topic
         self.last_checkpoint_at = 0.0
         self.last_reembed_at = time.time()
-        #: Optional observer (drift monitoring): ``before_learn(engine, events)`` on the training
-        #: thread before each batch is learned, ``after_learn(engine, events, result)`` after it,
-        #: and ``observe_served(recommendations)`` for every answer served.
+        #: Optional observer (drift monitoring): ``before_learn(engine, events)`` on the commit
+        #: thread before each batch is committed (and shown to serving), ``after_learn(engine,
+        #: events, result)`` on the training thread after it is learned, and
+        #: ``observe_served(recommendations)`` for every answer served.
         self.monitor: Any = None
         #: Event-time ordering: when input was last staged (monotonic), 0 when nothing is pending.
         self.last_staged_at = 0.0
@@ -125,6 +129,10 @@ class WorkerRuntime:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run an engine mutation off the event loop, serialised with every other mutation."""
         return await asyncio.get_running_loop().run_in_executor(self.train_pool, lambda: fn(*args))
+
+    async def run_items(self, fn: Callable[..., T], *args: Any) -> T:
+        """Apply item events off the event loop and apart from training (ordered among item batches)."""
+        return await asyncio.get_running_loop().run_in_executor(self.items_pool, lambda: fn(*args))
 
     async def run_commit(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a durable commit off the event loop and apart from training (ordered among commits)."""
@@ -198,6 +206,9 @@ class WorkerRuntime:
 
     async def close(self) -> None:
         if self.engine is not None:
+            loop = asyncio.get_running_loop()
+            for pool in (self.commit_pool, self.items_pool):  # let batches in flight finish
+                await loop.run_in_executor(pool, lambda: None)
             if self.training_queue is not None:
                 await self.training_queue.join()  # train what was acknowledged: no replay at the next start
             await self.checkpoint()
