@@ -39,7 +39,7 @@ from streams.batch_apply import FAILED, apply_batch
 from streams.kafka_auth import aiokafka_kwargs
 from streams.membership import watch_member
 from streams.runtime import WorkerRuntime
-from streams.training_queue import TrainingQueue
+from streams.training_queue import TrainingQueue, commit_observed
 from towerstream.engine import SourcePos
 from towerstream.events import InvalidEvent, decode_interaction
 from towerstream.settings import Settings
@@ -210,7 +210,7 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
             kept.append(rec)
         if not valid or await _staged(runtime, engine, "interactions", valid, sources):
             return
-        committed = await apply_batch(runtime, kept, sources, engine.commit_interactions, valid, sources,
+        committed = await apply_batch(runtime, kept, sources, commit_observed, runtime, engine, valid, sources,
                                       commit=True)
         if committed is not FAILED:
             await queue.put(committed, kept)
