@@ -38,16 +38,27 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _copy_tree(obj: Any) -> Any:
-    """Deep copy of nested dicts/lists/tuples of tensors, arrays and plain values."""
+    """Deep copy of nested dicts/lists/tuples of tensors, arrays and plain values.
+
+    Numeric arrays come back as tensors sharing the copy's memory: ``torch.save`` writes a tensor's
+    bytes straight into the file, where a NumPy array is pickled into an in-memory buffer first
+    (all of the feature tables at 1M items: several hundred MB, and the GIL held meanwhile).
+    """
     if isinstance(obj, torch.Tensor):
         return obj.detach().clone()
     if isinstance(obj, np.ndarray):
-        return obj.copy()
+        copied = obj.copy()
+        return torch.from_numpy(copied) if copied.dtype.kind in "biuf" else copied
     if isinstance(obj, dict):
         return {k: _copy_tree(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_copy_tree(v) for v in obj)
     return obj
+
+
+def _as_array(x: Any) -> Any:
+    """A table saved as a tensor (``_copy_tree``) or, by older checkpoints, as an array -> array."""
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else x
 
 
 def _grow(arr: np.ndarray, capacity: int, fill: float | int) -> np.ndarray:
@@ -514,16 +525,18 @@ class TwoTowerTrainer:
         state = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=False)
         tables = state["tables"]
         for name, arr in tables.items():
-            setattr(self, name, arr)
+            setattr(self, name, _as_array(arr))
         self.model.item_id.weight = nn.Parameter(torch.empty_like(state["model"]["item_id.weight"]))
         self.model.user_id.weight = nn.Parameter(torch.empty_like(state["model"]["user_id.weight"]))
         self.model.load_state_dict(state["model"])
         self._build_optimizers()
         self.opt_sparse.load_state_dict(state["opt_sparse"])
         self.opt_dense.load_state_dict(state["opt_dense"])
-        self.freq.last, self.freq.gap, self.freq.step = state["freq"]
+        last, gap, self.freq.step = state["freq"]
+        self.freq.last, self.freq.gap = _as_array(last), _as_array(gap)
         self.steps = state["steps"]
-        self._observed = {tuple(k): deque(v) for k, v in state.get("observed", {}).items()}  # type: ignore[misc]
+        self._observed = {tuple(k): deque(_as_array(x) for x in v)  # type: ignore[misc]
+                          for k, v in state.get("observed", {}).items()}
         self._n_observed = sum(len(q) for q in self._observed.values())
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])

@@ -376,9 +376,9 @@ class Engine:
     def write_snapshot(self, snap: Snapshot) -> Path:
         """Write a snapshot as a checkpoint and trim the journal; safe beside training and serving."""
         with self._write_lock:
-            state = dict(snap.engine, seen={u: v.tolist() for u, v in snap.engine["seen"].items()})
+            # Seen lists pickle as the arrays they are (raw bytes), not as lists of Python ints.
             blobs = {"towers": functools.partial(TwoTowerTrainer.write_state, snap.towers),
-                     "engine": pickle.dumps(state)}
+                     "engine": pickle.dumps(snap.engine, protocol=pickle.HIGHEST_PROTOCOL)}
             info = save_checkpoint(self.data_dir / "checkpoints", snap.seq, index=snap.index, blobs=blobs,
                                    meta=snap.meta, keep=self.config.checkpoints_kept)
             pop = snap.engine["popularity"]
