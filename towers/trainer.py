@@ -401,23 +401,34 @@ class TwoTowerTrainer:
         n_id = None if cfg.negative_id_grad else b
         items = self.model.item_out(self._item_base(cand, self._t(keep), n_id))  # (B+M, D)
         users = self._user_vectors(user_rows, hist, contexts)  # (B, D)
-        logits = (users * self.model.inv_temperature()) @ items.T  # (B, B+M); scaled on the (B, D) side
+        scaled = users * self.model.inv_temperature()  # 1/T on the (B, D) side
         correction = np.zeros(len(cand), dtype=np.float32)
         if cfg.logq:
             correction[:b] = self.freq.log_prob(item_rows)
             if m > 0:
                 correction[b:] = np.log(m / len(live))
-        logits = logits - self._t(correction * cfg.logq_strength)
-        # Accidental hits: the positive item elsewhere in the candidates, and (optionally) other
-        # items this user took in the batch, which are positives for the row, not negatives.
-        hit = cand[None, :] == item_rows[:, None]
-        if cfg.mask_same_user:
-            hit[:, :b] |= user_rows[None, :] == user_rows[:, None]
-        hit[np.arange(b), np.arange(b)] = False
-        logits = logits.masked_fill(self._t(hit), float("-inf"))
-        target = self._t(np.arange(b))
+        correction *= cfg.logq_strength
         wt = self._t(w)
-        loss = (F.cross_entropy(logits, target, reduction="none") * wt).sum() / wt.sum().clamp(min=1e-6)
+        # In-batch negatives within blocks of rows: a block's rows see the block's positives and all
+        # uniform negatives, so a step costs O(B) rather than O(B^2) once B exceeds the block.
+        n_blocks = max(-(-b // cfg.in_batch_block), 1) if cfg.in_batch_block > 0 else 1
+        bounds = np.linspace(0, b, n_blocks + 1).astype(np.int64)
+        total = torch.zeros((), device=self.device)
+        for r0, r1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            cols = np.r_[r0:r1, b : b + m] if n_blocks > 1 else np.arange(b + m)
+            block_items = items if n_blocks == 1 else items[self._t(cols)]
+            logits = scaled[r0:r1] @ block_items.T - self._t(correction[cols])  # (rows, block + M)
+            # Accidental hits: the positive item elsewhere in the candidates, and (optionally) other
+            # items this user took in the batch, which are positives for the row, not negatives.
+            rows_items, rows_users = item_rows[r0:r1], user_rows[r0:r1]
+            hit = cand[cols][None, :] == rows_items[:, None]
+            if cfg.mask_same_user:
+                hit[:, : r1 - r0] |= user_rows[r0:r1][None, :] == rows_users[:, None]
+            diag = np.arange(r1 - r0)
+            hit[diag, diag] = False
+            logits = logits.masked_fill(self._t(hit), float("-inf"))
+            total = total + (F.cross_entropy(logits, self._t(diag), reduction="none") * wt[r0:r1]).sum()
+        loss = total / wt.sum().clamp(min=1e-6)
         burn = max(0.0, 1.0 - self.steps / max(cfg.lr_burn_in_steps, 1))
         scale = 1.0 + (cfg.lr_burn_in_factor - 1.0) * burn
         for opt, lr in ((self.opt_sparse, cfg.sparse_lr), (self.opt_dense, cfg.dense_lr)):

@@ -74,6 +74,26 @@ def test_a_backlog_sized_batch_takes_one_step_and_a_live_one_takes_steps_per_bat
     assert steps_for(65) == 1 and steps_for(500) == 1
 
 
+def test_in_batch_blocks_change_nothing_below_the_block_and_split_larger_batches() -> None:
+    def trained(block: int) -> tuple[TwoTowerTrainer, list[float]]:
+        cfg = TowerConfig(dim=16, hidden=32, uniform_negatives=8, in_batch_block=block, replay_size=0, seed=0)
+        tr = TwoTowerTrainer(cfg)
+        tr.set_items(np.arange(40), [item(i) for i in range(40)])
+        rng = np.random.default_rng(1)
+        losses = [tr.learn_batch(rng.integers(0, 20, size=32), rng.integers(0, 40, size=32)) for _ in range(5)]
+        return tr, losses
+
+    whole, whole_loss = trained(0)
+    same, same_loss = trained(32)  # the batch fits one block: the very same step
+    assert same_loss == whole_loss
+    for a, b in zip(whole.model.parameters(), same.model.parameters()):
+        assert torch.equal(a, b)
+    split, split_loss = trained(8)  # 4 blocks of 8 rows: fewer in-batch negatives per row
+    assert all(np.isfinite(split_loss)) and split_loss != whole_loss
+    # Fewer negatives per row: the softmax over 8 + 8 candidates starts from a lower loss than 32 + 8.
+    assert split_loss[0] < whole_loss[0]
+
+
 def test_same_seed_same_model(tmp_path: Path) -> None:
     spec = StreamSpec(users=20, items=30, interactions=300, seed=2)
     a = Engine.open(tmp_path / "a", SMALL)
