@@ -25,6 +25,8 @@ def _coerce_id(value: Any) -> Any:
 
 
 def _check_id(value: str) -> str:
+    if value.isprintable() and not value.isspace():
+        return value  # the common case, checked in C: no control characters and not blank
     if not value.strip():
         raise ValueError("id must not be blank")
     if any(ord(c) < 32 for c in value):
