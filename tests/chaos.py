@@ -136,13 +136,23 @@ def durable_state(data_dir: Path) -> tuple[dict[str, int], int]:
 
 
 def committed_offsets(settings: Settings) -> dict[str, int]:
+    """Offsets committed by the worker's groups: Faust's, and the batch interactions consumer's
+    (``streams.interactions_consumer``); where both committed a partition, the higher one counts."""
+    from streams.interactions_consumer import group_id
+
     admin = KafkaAdminClient(**client_config(settings, client_id="chaos-admin"), request_timeout_ms=10_000)
     tps = [TopicPartition(settings.topic(t), n) for t in DATA_TOPICS for n in range(settings.topic_partitions)]
+    out: dict[str, int] = {}
     try:
-        got = admin.list_group_offsets({settings.app_id: tps})[settings.app_id]
+        for group in (settings.app_id, group_id(settings)):
+            got = admin.list_group_offsets({group: tps})[group]
+            for tp, om in got.items():
+                key = f"{tp.topic}:{tp.partition}"
+                if om.offset >= 0 and om.offset > out.get(key, -1):
+                    out[key] = om.offset
     finally:
         admin.close()
-    return {f"{tp.topic}:{tp.partition}": om.offset for tp, om in got.items() if om.offset >= 0}
+    return out
 
 
 def check_durability_order(settings: Settings, run: KillRun, where: str) -> int:
