@@ -19,7 +19,7 @@ import faust
 import structlog
 
 from streams import metrics
-from streams.batch_apply import FAILED, apply_batch
+from streams.batch_apply import FAILED, apply_batch, record_of
 from streams.runtime import WorkerRuntime
 from streams.training_queue import TrainingQueue, _train_observed, commit_observed
 from towerstream.engine import SourcePos
@@ -47,7 +47,7 @@ async def _validate(
 ) -> tuple[list[Any], list[SourcePos]]:
     """Decode a batch and dead-letter what fails. ``off_loop``: decode on the items thread, so a
     batch of 512 item events (several ms of pydantic) does not hold up queries on the event loop."""
-    messages = [event.message for event in events]
+    messages = [record_of(event) for event in events]
     if off_loop:
         decoded = await runtime.run_items(_decode_all, messages, decode)
     else:
@@ -61,6 +61,18 @@ async def _validate(
             valid.append(ev)
             sources.append(SourcePos(msg.topic, msg.partition, msg.offset))
     return valid, sources
+
+
+async def commit_and_queue(runtime: WorkerRuntime, engine: Any, queue: TrainingQueue, records: list[Any],
+                           valid: list[Any], sources: list[SourcePos]) -> None:
+    """Interactions (either reader): stage them (event-time ordering), or make them durable and
+    queue them; the queue trains them on the training thread while the next batch is read."""
+    if not valid or await _staged(runtime, engine, "interactions", valid, sources):
+        return
+    committed = await apply_batch(runtime, records, sources, commit_observed, runtime, engine, valid, sources,
+                                  commit=True)
+    if committed is not FAILED:
+        await queue.put(committed, records)
 
 
 def _learn_observed(runtime: WorkerRuntime, engine: Any, valid: list[Any], sources: list[SourcePos]) -> Any:
@@ -114,14 +126,8 @@ def _register_interactions_agent(app: faust.App, runtime: WorkerRuntime, topics:
             merge_after=s.train_merge_after)
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
             valid, sources = await _validate(runtime, list(events), decode_interaction)
-            if not valid or await _staged(runtime, engine, "interactions", valid, sources):
-                continue
-            # Durable here; Faust acks the batch when this body returns, and the queue trains it
-            # on the training thread while the next batch is read.
-            committed = await apply_batch(runtime, events, sources, commit_observed, runtime, engine, valid, sources,
-                                          commit=True)
-            if committed is not FAILED:
-                await queue.put(committed, events)
+            # Durable here; Faust acks the batch when this body returns.
+            await commit_and_queue(runtime, engine, queue, list(events), valid, sources)
 
 
 def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:

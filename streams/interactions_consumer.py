@@ -34,14 +34,12 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from streams.agents import _staged
-from streams.batch_apply import FAILED, apply_batch
+from streams.agents import _validate, commit_and_queue
 from streams.kafka_auth import aiokafka_kwargs
 from streams.membership import watch_member
 from streams.runtime import WorkerRuntime
-from streams.training_queue import TrainingQueue, commit_observed
-from towerstream.engine import SourcePos
-from towerstream.events import InvalidEvent, decode_interaction
+from streams.training_queue import TrainingQueue
+from towerstream.events import decode_interaction
 from towerstream.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -193,27 +191,8 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
 
     async def _process(self, engine: Any, queue: TrainingQueue, records: Sequence[ConsumerRecord]) -> None:
         """What the Faust agent does with a batch: validate, dead-letter, commit durably, queue."""
-        runtime = self.runtime
-        valid: list[Any] = []
-        sources: list[SourcePos] = []
-        kept: list[ConsumerRecord] = []
-        for rec in records:
-            try:
-                valid.append(decode_interaction(rec.value))
-            except InvalidEvent as exc:
-                await runtime.dead_letter(rec, exc.reason, exc.kind)
-                continue
-            except Exception as exc:  # noqa: BLE001 - bad input must never stop the consumer
-                await runtime.dead_letter(rec, f"{type(exc).__name__}: {exc}", "invalid")
-                continue
-            sources.append(SourcePos(rec.topic, rec.partition, rec.offset))
-            kept.append(rec)
-        if not valid or await _staged(runtime, engine, "interactions", valid, sources):
-            return
-        committed = await apply_batch(runtime, kept, sources, commit_observed, runtime, engine, valid, sources,
-                                      commit=True)
-        if committed is not FAILED:
-            await queue.put(committed, kept)
+        valid, sources = await _validate(self.runtime, list(records), decode_interaction)
+        await commit_and_queue(self.runtime, engine, queue, list(records), valid, sources)
 
     async def _seek_to_durable(self, engine: Any) -> None:
         """Skip what RocksDB already holds (a kill lost the last second of offset commits)."""
