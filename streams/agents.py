@@ -70,7 +70,7 @@ async def commit_and_queue(runtime: WorkerRuntime, engine: Any, queue: TrainingQ
     if not valid or await _staged(runtime, engine, "interactions", valid, sources):
         return
     committed = await apply_batch(runtime, records, sources, commit_observed, runtime, engine, valid, sources,
-                                  commit=True)
+                                  on=runtime.run_commit)
     if committed is not FAILED:
         await queue.put(committed, records)
 
@@ -141,7 +141,7 @@ def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[
             if not valid or await _staged(runtime, engine, "items", valid, sources):
                 continue
             t0 = time.perf_counter()
-            res = await apply_batch(runtime, events, sources, engine.apply_items, valid, sources, items=True)
+            res = await apply_batch(runtime, events, sources, engine.apply_items, valid, sources, on=runtime.run_items)
             if res is FAILED:
                 continue
             topic = s.topic("items")

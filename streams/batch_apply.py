@@ -6,7 +6,7 @@ A batch is a sequence of Faust events (``.message``) or of records read straight
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -27,20 +27,17 @@ FAILED = object()
 
 
 async def apply_batch(runtime: WorkerRuntime, events: Sequence[Any], sources: Sequence[SourcePos],
-                      fn: Callable[..., Any], *args: Any, commit: bool = False, items: bool = False) -> Any:
-    """Run an engine call for a batch on the training thread (``commit``: the commit thread,
-    ``items``: the items thread).
+                      fn: Callable[..., Any], *args: Any,
+                      on: Callable[..., Awaitable[Any]] | None = None) -> Any:
+    """Run an engine call for a batch on the training thread, or with ``on`` (``runtime.run_commit``,
+    ``runtime.run_items``) on another one.
 
     If it raises, the batch's valid records go to the dead-letter topic with the error as the
     reason: the batch's offsets are acknowledged either way, so swallowing or re-raising would lose
     them silently. Returns ``FAILED`` after a failure.
     """
     try:
-        if commit:
-            return await runtime.run_commit(fn, *args)
-        if items:
-            return await runtime.run_items(fn, *args)
-        return await runtime.run(fn, *args)
+        return await (on or runtime.run)(fn, *args)
     except Exception as exc:  # noqa: BLE001 - the edge decides: dead-letter, never lose
         log.exception("batch_failed", records=len(sources), error=type(exc).__name__)
         positions = {(src.topic, src.partition, src.offset) for src in sources}

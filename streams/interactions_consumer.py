@@ -191,8 +191,9 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
 
     async def _process(self, engine: Any, queue: TrainingQueue, records: Sequence[ConsumerRecord]) -> None:
         """What the Faust agent does with a batch: validate, dead-letter, commit durably, queue."""
-        valid, sources = await _validate(self.runtime, list(records), decode_interaction)
-        await commit_and_queue(self.runtime, engine, queue, list(records), valid, sources)
+        batch = list(records)
+        valid, sources = await _validate(self.runtime, batch, decode_interaction)
+        await commit_and_queue(self.runtime, engine, queue, batch, valid, sources)
 
     async def _seek_to_durable(self, engine: Any) -> None:
         """Skip what RocksDB already holds (a kill lost the last second of offset commits)."""

@@ -68,8 +68,9 @@ class TowerConfig:
     #: rows with replay) are one block, as before; only merged backlog batches are split. 0: one block.
     in_batch_block: int = 1024
     #: Micro-batches of more than this many events take one step: only a backlog merges batches
-    #: this large, and one step over 2,048 events costs half of two (in process: 5,985 vs 3,202
-    #: events/s), so a worker catches up twice as fast. Live 512-event batches keep both steps.
+    #: this large, and a worker catches up faster with one step than with two (in process at 2,048
+    #: events, ``bench/engine_costs.py learn --steps-per-batch 1`` vs ``2``: 4,795 vs 3,774
+    #: events/s). Live 512-event batches keep both steps.
     single_step_above: int = 1024
     #: Reservoir of past events (with their histories) replayed alongside each batch; 0 = off.
     replay_size: int = 20_000

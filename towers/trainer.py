@@ -423,7 +423,7 @@ class TwoTowerTrainer:
             rows_items, rows_users = item_rows[r0:r1], user_rows[r0:r1]
             hit = cand[cols][None, :] == rows_items[:, None]
             if cfg.mask_same_user:
-                hit[:, : r1 - r0] |= user_rows[r0:r1][None, :] == rows_users[:, None]
+                hit[:, : r1 - r0] |= rows_users[None, :] == rows_users[:, None]
             diag = np.arange(r1 - r0)
             hit[diag, diag] = False
             logits = logits.masked_fill(self._t(hit), float("-inf"))

@@ -492,17 +492,22 @@ class Engine:
         last: dict[str, ItemUpsert | ItemDelete] = {}
         for ev in events:
             last[ev.item_id] = ev
-        top = int(self.items.get_or_create(list(last)).max()) if last else -1
+        if not last:
+            return 0, 0
+        row_of = dict(zip(last, self.items.get_or_create(list(last)).tolist()))
+        top = max(row_of.values())
         # Growing arrays replaces them, which must not race a train step's use of them.
         grows = top >= len(self.live) or top >= self.trainer.item_capacity()
         with self.lock if grows else contextlib.nullcontext(), self.items_lock:
-            return self._apply_items_locked(last)
+            return self._apply_items_locked(last, row_of)
 
-    def _apply_items_locked(self, last: Mapping[str, ItemUpsert | ItemDelete]) -> tuple[int, int]:
+    def _apply_items_locked(
+        self, last: Mapping[str, ItemUpsert | ItemDelete], row_of: Mapping[str, int]
+    ) -> tuple[int, int]:
         ups = [e for e in last.values() if isinstance(e, ItemUpsert)]
         dels = [e for e in last.values() if isinstance(e, ItemDelete)]
         if ups:
-            rows = self.items.get_or_create([e.item_id for e in ups])
+            rows = np.array([row_of[e.item_id] for e in ups], dtype=np.int64)
             self._ensure_rows(int(rows.max()))
             self.trainer.set_items(rows, ups)
             self._upsert_vectors(rows, self.trainer.embed_items(rows))
@@ -511,7 +516,7 @@ class Engine:
                 self.item_ts[r] = epoch_ms(e.ts)
                 self.attributes.set(r, e.categories, e.creator)
         if dels:
-            rows = self.items.get_or_create([e.item_id for e in dels])
+            rows = np.array([row_of[e.item_id] for e in dels], dtype=np.int64)
             self._ensure_rows(int(rows.max()))
             self.trainer.remove_items(rows)
             self.index.delete(rows)
@@ -594,9 +599,13 @@ class Engine:
             new = np.array([e.event_id not in self._observed for e in events], dtype=bool)
             if not new.any():
                 return  # already observed (``towerstream evaluate`` observes each event itself)
-            self.trainer.observe(u[new], i[new])
-            self._append_seen(u[new], i[new])
-            self._observed.update(e.event_id for e, n in zip(events, new.tolist()) if n)
+            self._show([e for e, n in zip(events, new.tolist()) if n], u[new], i[new])
+
+    def _show(self, events: Sequence[Interaction], u: np.ndarray, i: np.ndarray) -> None:
+        """Caller holds the history lock: events into histories and seen items, ahead of training."""
+        self.trainer.observe(u, i)
+        self._append_seen(u, i)
+        self._observed.update(e.event_id for e in events)
 
     def train_committed(self, batches: Sequence[Committed]) -> LearnResult:
         """The training half of ``learn``: one train step over the committed batches, merged.
@@ -636,10 +645,8 @@ class Engine:
         with self.commit_lock:
             u = self.users.get_or_create([e.user_id for e in events])
             i = self.items.get_or_create([e.item_id for e in events])
-        with self.lock, self.items_lock, self.trainer.history_lock:
-            self.trainer.observe(u, i)
-            self._append_seen(u, i)
-            self._observed.update(e.event_id for e in events)
+        with self.trainer.history_lock:  # no weights, no embedding growth: beside a step, as at commit
+            self._show(events, u, i)
 
     def _append_seen(self, u: np.ndarray, i: np.ndarray) -> None:
         limit = self.config.seen_limit
