@@ -1,8 +1,8 @@
 """Hand freed heap memory back to the operating system.
 
 glibc keeps freed small and medium blocks in its arenas. A checkpoint at 1M items copies
-~1.9 GB (tensors, arrays, dicts, pickles); after it is freed, ~550-650 MB stayed resident per
-checkpoint in ``bench/engine_costs.py checkpoint`` until ``malloc_trim`` returned it.
+~1.9 GB (tensors, arrays, dicts, pickles); after it was freed, RSS stayed 548 MiB above what
+``malloc_trim`` brought it back to (``bench/engine_costs.py checkpoint``: 3,238 -> 2,690 MiB).
 """
 
 from __future__ import annotations
