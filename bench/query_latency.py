@@ -147,6 +147,7 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
         paced.start()
         time.sleep(3.0)
         lat_plain, err_plain = query_phase(http, users, args.queries, rng, "")
+        m_plain = scrape_metrics(w.base_url)
         lat_filt, err_filt = query_phase(http, users, args.queries, rng, "&exclude_category=genre3")
         elapsed = time.monotonic() - t1
         paced.stop()
@@ -160,6 +161,16 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
         shutil.rmtree(data, ignore_errors=True)
     key = f'towerstream_events_total{{topic="{prefix}.items"}}'
     applied = m1.get(key, 0.0) - m0.get(key, 0.0)
+    # Server side (the worker's own histogram, plain queries under upserts): the share of answers
+    # that took longer than 2 / 5 ms inside the worker, and how many waited for a lock and went
+    # to a serving thread.
+    def model_count(le: str) -> float:
+        name = f'towerstream_recommend_seconds_bucket{{le="{le}",source="model"}}'
+        return m_plain.get(name, 0.0) - m0.get(name, 0.0)
+
+    served = model_count("+Inf")
+    off = "towerstream_served_off_loop_total"
+    off_loop = m_plain.get(off, 0.0) - m0.get(off, 0.0)
     res = {
         "recall_at_10": recall, "startup_s": t_ready,
         "idle_p50_ms": percentile(lat_idle, 50), "idle_p99_ms": percentile(lat_idle, 99),
@@ -170,6 +181,9 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
         "upserts_sent_per_s": paced.achieved_rate(elapsed), "upserts_applied_fraction": applied / max(paced.sent, 1),
         "worker_cores_used": cpu / elapsed, "rss_loaded_mib": rss_loaded.get("VmRSS"),
         "rss_end_mib": rss_end.get("VmRSS"), "hwm_mib": rss_end.get("VmHWM"),
+        "server_over_5ms_fraction": (served - model_count("0.005")) / max(served, 1.0),
+        "server_over_2ms_fraction": (served - model_count("0.002")) / max(served, 1.0),
+        "served_off_loop": off_loop,
     }
     return res
 
@@ -206,7 +220,8 @@ def main() -> None:
             print(f"run {run}: recall@10 {r['recall_at_10']:.3f}; no upserts: p50 {r['idle_p50_ms']:.2f} ms p99 "
                   f"{r['idle_p99_ms']:.2f} ms; with upserts: plain p50 {r['plain_p50_ms']:.2f} ms p99 "
                   f"{r['plain_p99_ms']:.2f} ms; filtered p50 {r['filtered_p50_ms']:.2f} ms p99 {r['filtered_p99_ms']:.2f}"
-                  f" ms; upserts sent {r['upserts_sent_per_s']:.0f}/s ({100 * r['upserts_applied_fraction']:.0f}% applied); worker "
+                  f" ms; in the worker {100 * r['server_over_2ms_fraction']:.1f}% > 2 ms, {100 * r['server_over_5ms_fraction']:.1f}% > 5 ms, "
+                  f"{r['served_off_loop']:.0f} off the loop; upserts sent {r['upserts_sent_per_s']:.0f}/s ({100 * r['upserts_applied_fraction']:.0f}% applied); worker "
                   f"{r['worker_cores_used']:.2f} cores, rss {r['rss_end_mib'] or 0:.0f} MiB; ready in {r['startup_s']:.0f}s",
                   flush=True)
     finally:

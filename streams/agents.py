@@ -75,6 +75,28 @@ async def commit_and_queue(runtime: WorkerRuntime, engine: Any, queue: TrainingQ
         await queue.put(committed, records)
 
 
+async def apply_item_records(runtime: WorkerRuntime, engine: Any, records: list[Any]) -> None:
+    """Items (either reader): decode and apply a batch on the items thread, or stage it."""
+    s = runtime.settings
+    valid, sources = await _validate(runtime, records, decode_item, off_loop=True)
+    if not valid or await _staged(runtime, engine, "items", valid, sources):
+        return
+    t0 = time.perf_counter()
+    res = await apply_batch(runtime, records, sources, engine.apply_items, valid, sources, on=runtime.run_items)
+    if res is FAILED:
+        return
+    topic = s.topic("items")
+    metrics.EVENTS.labels(topic).inc(res.upserted + res.deleted)
+    metrics.BATCH_SECONDS.labels(topic).observe(time.perf_counter() - t0)
+    metrics.DUPLICATES.labels(topic).inc(len(res.duplicates))
+    metrics.UNKNOWN_DELETES.inc(len(res.unknown_deletes))
+    metrics.STALE_ITEMS.inc(len(res.stale))
+    now_ms = time.time() * 1000
+    for ev in valid:
+        metrics.UPSERT_LAG.observe(max(now_ms - ev.ts.timestamp() * 1000, 0.0) / 1000)
+    metrics.INDEX_SIZE.set(len(engine.index))
+
+
 def _learn_observed(runtime: WorkerRuntime, engine: Any, valid: list[Any], sources: list[SourcePos]) -> Any:
     """``Engine.learn`` with the monitor's test-then-train probe, on the training thread."""
     return _train_observed(runtime, engine, [commit_observed(runtime, engine, valid, sources)])
@@ -107,8 +129,8 @@ async def drain_when_idle(runtime: WorkerRuntime) -> None:
 
 
 def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
-    """The agents; the interactions one only with ``interactions_consumer="faust"`` (else
-    ``streams.interactions_consumer`` reads that topic)."""
+    """The agents; the interactions and items ones only with ``interactions_consumer="faust"``
+    / ``items_consumer="faust"`` (else ``streams.batch_consumer`` reads those topics)."""
     s = runtime.settings
     if s.interactions_consumer == "faust":
         _register_interactions_agent(app, runtime, topics)
@@ -133,27 +155,13 @@ def _register_interactions_agent(app: faust.App, runtime: WorkerRuntime, topics:
 def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
     s = runtime.settings
 
-    @app.agent(topics["items"], name="items")
-    async def items(stream: faust.StreamT[bytes]) -> None:
-        engine = await runtime.wait_ready()
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            valid, sources = await _validate(runtime, list(events), decode_item, off_loop=True)
-            if not valid or await _staged(runtime, engine, "items", valid, sources):
-                continue
-            t0 = time.perf_counter()
-            res = await apply_batch(runtime, events, sources, engine.apply_items, valid, sources, on=runtime.run_items)
-            if res is FAILED:
-                continue
-            topic = s.topic("items")
-            metrics.EVENTS.labels(topic).inc(res.upserted + res.deleted)
-            metrics.BATCH_SECONDS.labels(topic).observe(time.perf_counter() - t0)
-            metrics.DUPLICATES.labels(topic).inc(len(res.duplicates))
-            metrics.UNKNOWN_DELETES.inc(len(res.unknown_deletes))
-            metrics.STALE_ITEMS.inc(len(res.stale))
-            now_ms = time.time() * 1000
-            for ev in valid:
-                metrics.UPSERT_LAG.observe(max(now_ms - ev.ts.timestamp() * 1000, 0.0) / 1000)
-            metrics.INDEX_SIZE.set(len(engine.index))
+    if s.items_consumer == "faust":
+
+        @app.agent(topics["items"], name="items")
+        async def items(stream: faust.StreamT[bytes]) -> None:
+            engine = await runtime.wait_ready()
+            async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+                await apply_item_records(runtime, engine, list(events))
 
     @app.agent(topics["users"], name="users")
     async def users(stream: faust.StreamT[bytes]) -> None:

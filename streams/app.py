@@ -13,18 +13,17 @@ from typing import Any
 
 import faust
 import structlog
-from aiohttp.web import Response
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.tables import TableManager
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from streams import metrics
 from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
-from streams.interactions_consumer import InteractionsConsumer, group_id
+from streams.http_server import HttpServer, deliver_on
+from streams.batch_consumer import BatchConsumer, InteractionsConsumer, ItemsConsumer, group_id
 from streams.membership import current_member_id, rejoin_as_previous_member, watch_member
 from streams.runtime import WorkerRuntime
-from streams.views import register_views
+from streams.views import build_web_app
 from towerstream.events.deadletter import MAX_RECORD_BYTES
 from towerstream.logs import configure_logging
 from towerstream.settings import Settings, get_settings
@@ -87,9 +86,8 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         autodiscover=False,
-        web_host=settings.web_host,
-        web_bind=settings.web_host,
-        web_port=settings.web_port,
+        # The HTTP API is served from a thread of its own (streams.http_server), not Faust's loop.
+        web_enabled=False,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         topic_allow_declare=True,
@@ -105,6 +103,7 @@ def create_app(settings: Settings) -> faust.App:
         recovery_consistency_check=False,
         TableManager=_TableManager,
     )
+    app.boot_strategy.enable_web = False  # wins over ``faust worker``'s --with-web default
     runtime = WorkerRuntime(settings)
     if settings.gil_switch_interval_ms > 0:
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
@@ -124,11 +123,15 @@ def create_app(settings: Settings) -> faust.App:
     runtime.topics = topics  # type: ignore[attr-defined]
 
     register_agents(app, runtime, topics)
-    interactions_consumer: InteractionsConsumer | None = None
-    if settings.interactions_consumer == "batch":
-        # A child of the app: it starts (and joins its group) alongside Faust's consumer.
-        interactions_consumer = app.add_dependency(InteractionsConsumer(app, runtime, topics["interactions"]))
-    register_views(app, runtime, topics)
+    # Children of the app: they start (and join their groups) alongside Faust's consumer.
+    batch_consumers: list[BatchConsumer] = [
+        app.add_dependency(cls(app, runtime, topics[cls.name]))
+        for cls, how in ((InteractionsConsumer, settings.interactions_consumer), (ItemsConsumer, settings.items_consumer))
+        if how == "batch"
+    ]
+    http = HttpServer(build_web_app(runtime, deliver_on(lambda: app.loop, topics)), settings.web_host,
+                      settings.web_port)
+    app.towerstream_http = http  # type: ignore[attr-defined]
     try:
         from streams.drift_task import register_drift
     except ModuleNotFoundError as exc:  # drift monitoring is optional until its module exists
@@ -136,13 +139,8 @@ def create_app(settings: Settings) -> faust.App:
             raise
     else:
         register_drift(app, runtime, topics)
-    if settings.faust_metrics:
-        setup_prometheus_sensors(app, pattern="/metrics", name_prefix="towerstream_faust")
-    else:
-        @app.page("/metrics")
-        async def metrics_page(self: Any, request: Any) -> Any:
-            """towerstream's own metrics (Prometheus text), without Faust's per-event sensor."""
-            return Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}, status=200)
+    if settings.faust_metrics:  # into the default registry, which our /metrics serves
+        setup_prometheus_sensors(app, pattern="/faust-metrics", name_prefix="towerstream_faust")
 
     @app.on_worker_init.connect
     def open_engine_early(sender: Any, **kwargs: Any) -> None:
@@ -150,10 +148,11 @@ def create_app(settings: Settings) -> faust.App:
         if runtime.opening:
             return  # Faust sends this signal twice
         runtime.begin_open()
+        http.start()  # /healthz answers "starting" while the engine loads and the groups join
         rejoin_as_previous_member(settings)  # a SIGKILLed predecessor must not hold up the group join
         watch_member(lambda: current_member_id(app), settings)
-        if interactions_consumer is not None:  # its own group: same for it (it records its id itself)
-            rejoin_as_previous_member(settings, group_id(settings))
+        for consumer in batch_consumers:  # their own groups: same for them (they record their ids themselves)
+            rejoin_as_previous_member(settings, group_id(settings, consumer.name))
 
     @app.task
     async def open_engine() -> None:
@@ -211,11 +210,12 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect
     async def final_checkpoint(app: faust.App, **kwargs: Any) -> None:
-        if interactions_consumer is not None:  # its batch in flight durable, offsets committed, group left
+        for consumer in batch_consumers:  # each one's batch in flight durable, offsets committed, group left
             with contextlib.suppress(Exception):
-                await interactions_consumer.close()
+                await consumer.close()
         with contextlib.suppress(Exception):
             await runtime.close()
+        await asyncio.get_running_loop().run_in_executor(None, http.stop)
 
     return app
 

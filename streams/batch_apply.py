@@ -1,7 +1,7 @@
 """Run an engine call for a batch of records; dead-letter the batch if the call raises.
 
 A batch is a sequence of Faust events (``.message``) or of records read straight from aiokafka
-(``streams.interactions_consumer``): both carry .topic .partition .offset .key .value.
+(``streams.batch_consumer``): both carry .topic .partition .offset .key .value.
 """
 
 from __future__ import annotations

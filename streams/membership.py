@@ -14,7 +14,7 @@ afresh, as it would have anyway. Only this worker's own data directory is read, 
 members of the group are never touched.
 
 A worker is a member of more than one group (Faust's, and the interactions batch consumer's,
-``streams.interactions_consumer``): ids are recorded and reused per group id, each in its own file.
+``streams.batch_consumer``): ids are recorded and reused per group id, each in its own file.
 """
 
 from __future__ import annotations

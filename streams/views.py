@@ -1,7 +1,11 @@
-"""HTTP views: recommendations, event intake (validated, then forwarded to Kafka), health.
+"""HTTP views: recommendations, event intake (validated, then forwarded to Kafka), health, metrics.
 
 Every bad request gets a 4xx with a message (never a 500): bodies are size-bounded,
-validated with the same event schemas as the agents, and ``k`` is bounded.
+validated with the same event schemas as the agents, and ``k`` is bounded. The views form a
+plain aiohttp application (``build_web_app``); the worker serves it from a thread and event
+loop of its own (``streams.http_server``), apart from Faust's, so a query never waits behind
+the agents' per-event work. Intake hands its records to ``deliver``, which the worker runs on
+Faust's loop (its producer lives there).
 """
 
 from __future__ import annotations
@@ -10,11 +14,11 @@ import asyncio
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import faust
-from faust.web import Request, Response, View
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from streams import metrics
@@ -25,6 +29,13 @@ from towerstream.events.recommend import RecommendRequest
 
 _USER_ID: TypeAdapter[str] = TypeAdapter(ExternalId)
 MAX_EVENTS_PER_REQUEST = 10_000
+#: Seconds an intake request may wait for Kafka to accept its records (queueing included).
+DELIVER_TIMEOUT_S = 10.0
+
+#: ``deliver(topic_name, [(key, value, timestamp_s), ...])``: returns once Kafka has every record.
+Deliver = Callable[[str, Sequence[tuple[bytes, bytes, float]]], Awaitable[None]]
+Request = web.Request
+Response = web.Response
 
 
 class HttpError(Exception):
@@ -39,7 +50,12 @@ def _errors(exc: ValidationError) -> str:
     )
 
 
-def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
+def _json(body: Any, status: int = 200) -> Response:
+    return web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json")
+
+
+def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
+    """The worker's HTTP API as an aiohttp application."""
     s = runtime.settings
     token = s.api_token.get_secret_value() if s.api_token else None
 
@@ -71,13 +87,13 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
         except RecursionError:
             raise HttpError(400, "body is not JSON we accept: nested too deeply") from None
 
-    def guarded(path: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        async def handler(self: View, request: Request, **kw: Any) -> Response:
+    def guarded(path: str, fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
             try:
-                return await fn(self, request, **kw)
+                return await fn(request)
             except HttpError as exc:
                 metrics.HTTP_REJECTED.labels(path, str(exc.status)).inc()
-                return self.json({"error": exc.message, **exc.extra}, status=exc.status)
+                return _json({"error": exc.message, **exc.extra}, status=exc.status)
 
         return handler
 
@@ -92,7 +108,7 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
             raise HttpError(400, f"k must be between 1 and {s.max_k}")
         return k
 
-    async def answer(self: View, req: RecommendRequest) -> Response:
+    async def answer(req: RecommendRequest) -> Response:
         if runtime.engine is None:
             raise HttpError(503, "worker is starting")
         engine = runtime.engine
@@ -110,11 +126,12 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
             source=rec.source, fallback_reason=rec.fallback_reason,
             model_version=engine.model_version, served_at_ms=int(time.time() * 1000),
         )
-        return self.json(resp.model_dump(mode="json"))
+        return web.Response(body=resp.model_dump_json().encode(), content_type="application/json")
 
-    async def recommend_get(self: View, request: Request, user_id: str) -> Response:
+    async def recommend_get(request: Request) -> Response:
         check_auth(request, write=False)
-        q = request.query  # type: ignore[attr-defined]
+        user_id = request.match_info["user_id"]
+        q = request.query
         k = parse_k(q.get("k"))
         context = {key[4:]: val for key, val in q.items() if key.startswith("ctx.")}
         try:
@@ -131,9 +148,9 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
             )
         except ValidationError as exc:
             raise HttpError(400, _errors(exc)) from None
-        return await answer(self, req)
+        return await answer(req)
 
-    async def recommend_post(self: View, request: Request) -> Response:
+    async def recommend_post(request: Request) -> Response:
         check_auth(request, write=False)
         body = await read_body(request)
         try:
@@ -142,12 +159,12 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
             raise HttpError(422, _errors(exc)) from None
         if req.k > s.max_k:
             raise HttpError(400, f"k must be between 1 and {s.max_k}")
-        return await answer(self, req)
+        return await answer(req)
 
-    def intake(topic_name: str, model: Any, key_of: Callable[[Any], str]) -> Callable[..., Any]:
+    def intake(topic_name: str, model: Any, key_of: Callable[[Any], str]) -> Callable[[Request], Awaitable[Response]]:
         adapter: TypeAdapter[Any] = TypeAdapter(model)
 
-        async def post(self: View, request: Request) -> Response:
+        async def post(request: Request) -> Response:
             check_auth(request, write=True)
             body = await read_body(request)
             docs = body if isinstance(body, list) else [body]
@@ -163,19 +180,14 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
             if errors:
                 raise HttpError(422, f"{len(errors)} of {len(docs)} events are invalid; none were sent",
                                 errors=errors[:20])
-            topic = topics[topic_name]
-
-            async def deliver() -> None:
-                futs = [await topic.send(key=key_of(e).encode(), value=encode(e),
-                                         timestamp=e.ts.timestamp()) for e in events]  # type: ignore[attr-defined]
-                await asyncio.gather(*futs)
-
+            records = [(key_of(e).encode(), encode(e), e.ts.timestamp()) for e in events]  # type: ignore[attr-defined]
             try:  # the deadline covers queueing too: a send can wait on metadata from a paused broker
-                await asyncio.wait_for(deliver(), timeout=10)
+                await asyncio.wait_for(deliver(topic_name, records), timeout=DELIVER_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - broker trouble is a 503, not a 500
-                raise HttpError(503, f"could not deliver to Kafka in 10 s ({type(exc).__name__}); some events may "
-                                     "have been delivered: resending them is safe (duplicates are dropped)") from None
-            return self.json({"accepted": len(events), "topic": s.topic(topic_name)}, status=202)
+                raise HttpError(503, f"could not deliver to Kafka in {DELIVER_TIMEOUT_S:.0f} s ({type(exc).__name__}); "
+                                     "some events may have been delivered: resending them is safe (duplicates are "
+                                     "dropped)") from None
+            return _json({"accepted": len(events), "topic": s.topic(topic_name)}, status=202)
 
         return post
 
@@ -183,7 +195,7 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
     post_items = intake("items", ItemEvent, lambda e: e.item_id)
     post_users = intake("users", UserProfile, lambda e: e.user_id)
 
-    async def healthz(self: View, request: Request) -> Response:
+    async def healthz(request: Request) -> Response:
         engine = runtime.engine
         body: dict[str, Any] = {
             "ready": runtime.ready, "kafka": runtime.kafka_up,
@@ -194,16 +206,27 @@ def register_views(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
         ok = runtime.ready and runtime.kafka_up
         starting = "starting" if engine is None or engine.status == "loading" else engine.status
         body["status"] = "ok" if ok else (starting if not runtime.ready else "kafka unreachable")
-        return self.json(body, status=200 if ok else 503)
+        return _json(body, status=200 if ok else 503)
 
-    def view(path: str, **methods: Callable[..., Any]) -> None:
-        attrs = {name: guarded(path, fn) for name, fn in methods.items()}
-        cls = type("View_" + path.strip("/").replace("/", "_").replace("{", "").replace("}", ""), (View,), attrs)
-        app.page(path)(cls)
+    async def metrics_page(request: Request) -> Response:
+        """towerstream's metrics, and Faust's when its sensor is on (``FAUST_METRICS``): one registry."""
+        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    view("/recommend/{user_id}", get=recommend_get)
-    view("/recommend", post=recommend_post)
-    view("/interactions", post=post_interactions)
-    view("/items", post=post_items)
-    view("/users", post=post_users)
-    view("/healthz", get=healthz)
+    app = web.Application(middlewares=[_errors_as_json])
+    for method, path, fn in (("GET", "/recommend/{user_id}", recommend_get), ("POST", "/recommend", recommend_post),
+                             ("POST", "/interactions", post_interactions), ("POST", "/items", post_items),
+                             ("POST", "/users", post_users), ("GET", "/healthz", healthz),
+                             ("GET", "/metrics", metrics_page)):
+        app.router.add_route(method, path, guarded(path, fn))
+    return app
+
+
+@web.middleware
+async def _errors_as_json(request: Request, handler: Callable[[Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """aiohttp's own 4xx (unknown path, wrong method) as JSON with a message, like ours."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json({"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status)

@@ -136,15 +136,15 @@ def durable_state(data_dir: Path) -> tuple[dict[str, int], int]:
 
 
 def committed_offsets(settings: Settings) -> dict[str, int]:
-    """Offsets committed by the worker's groups: Faust's, and the batch interactions consumer's
-    (``streams.interactions_consumer``); where both committed a partition, the higher one counts."""
-    from streams.interactions_consumer import group_id
+    """Offsets committed by the worker's groups: Faust's, and the batch readers' of interactions
+    and items (``streams.batch_consumer``); where two committed a partition, the higher one counts."""
+    from streams.batch_consumer import group_id
 
     admin = KafkaAdminClient(**client_config(settings, client_id="chaos-admin"), request_timeout_ms=10_000)
     tps = [TopicPartition(settings.topic(t), n) for t in DATA_TOPICS for n in range(settings.topic_partitions)]
     out: dict[str, int] = {}
     try:
-        for group in (settings.app_id, group_id(settings)):
+        for group in (settings.app_id, group_id(settings, "interactions"), group_id(settings, "items")):
             got = admin.list_group_offsets({group: tps})[group]
             for tp, om in got.items():
                 key = f"{tp.topic}:{tp.partition}"

@@ -50,9 +50,13 @@ class Settings(BaseSettings):
 
     #: How the worker reads the interactions topic. "batch": record batches straight from an aiokafka
     #: consumer in its own group ("<app_id>-interactions"), no per-event Faust objects
-    #: (streams/interactions_consumer.py). "faust": a Faust agent in Faust's group, as before; its
+    #: (streams/batch_consumer.py). "faust": a Faust agent in Faust's group, as before; its
     #: per-event Message/Event/ack machinery costs ~200-400 us of Python per event.
     interactions_consumer: Literal["batch", "faust"] = "batch"
+    #: How the items topic is read: "batch" (default, ``streams.batch_consumer``, group
+    #: "<app_id>-items": no per-event Faust work on the event loop, 1,000 upserts/s took the GIL
+    #: from queries there) or "faust" (an agent in Faust's group).
+    items_consumer: Literal["batch", "faust"] = "batch"
 
     # Micro-batching and model cadence
     batch_max: int = 512

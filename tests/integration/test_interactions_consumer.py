@@ -1,4 +1,4 @@
-"""The batch consumer of the interactions topic (``streams.interactions_consumer``) on a real broker.
+"""The batch consumer of the interactions topic (``streams.batch_consumer``) on a real broker.
 
 It reads in its own consumer group (``<app_id>-interactions``), so these tests read that group's
 committed offsets as well as Faust's: events are trained and served, bad records dead-lettered,
@@ -24,7 +24,7 @@ import tests.chaos as chaos
 from producers.kafka_config import client_config
 from producers.producer import EventProducer
 from producers.topics import ensure_topics
-from streams.interactions_consumer import group_id
+from streams.batch_consumer import group_id
 from tests.chaos import durable_state, faults_recording, kill_run
 from tests.conftest import worker_settings
 from tests.integration.test_spine import metric, produce_stream, wait_for

@@ -1,7 +1,7 @@
 """The front door: loopback bind, bearer token, request bounds, SASL/TLS reaching both Kafka clients.
 
-The views are exercised in process through a real aiohttp server (``register_views`` on a bare
-Faust app, no broker): every request below goes over a socket and through the same handlers
+The views are exercised in process through a real aiohttp server (``build_web_app``, no broker:
+delivering to Kafka fails, and no test here gets that far): every request below goes over a socket and through the same handlers
 the worker serves. The Kafka settings are checked where they end up: the keyword arguments
 aiokafka gets from Faust's credentials, the ones our own aiokafka clients get, and the ones
 kafka-python gets.
@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import faust
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
@@ -26,7 +25,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from producers.kafka_config import client_config
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
 from streams.runtime import WorkerRuntime
-from streams.views import register_views
+from streams.views import build_web_app
 from towerstream.processes import settings_env
 from towerstream.settings import Settings
 
@@ -55,12 +54,11 @@ def test_the_token_is_a_secret_and_reaches_the_worker_process_environment() -> N
 def _client_factory(tmp_path: Path) -> Callable[..., Any]:
     async def make(**overrides: Any) -> TestClient:
         s = Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path, web_port=6999, **overrides)
-        app = faust.App(f"frontdoor{id(s)}", broker="kafka://127.0.0.1:9", autodiscover=False, web_port=6999)
-        topics = {n: app.topic(f"fd.{n}", key_type=bytes, value_type=bytes, key_serializer="raw",
-                               value_serializer="raw") for n in ("interactions", "items", "users")}
-        register_views(app, WorkerRuntime(s), topics)
-        app.web.init_server()
-        client = TestClient(TestServer(app.web.web_app))
+
+        async def deliver(topic: str, records: Any) -> None:
+            raise ConnectionError("no broker in this test")
+
+        client = TestClient(TestServer(build_web_app(WorkerRuntime(s), deliver)))
         await client.start_server()
         return client
 
@@ -237,7 +235,7 @@ def test_the_worker_app_is_built_with_the_credentials_from_the_environment(tmp_p
         "from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth as f\n"
         "kw = f(app.conf.broker_credentials)\n"
         "print(kw['security_protocol'], kw['sasl_mechanism'], kw['sasl_plain_username'], kw['sasl_plain_password'],"
-        " app.conf.web_host, app.conf.web_bind, app.conf.producer_max_request_size)\n"
+        " app.towerstream_http.host, app.boot_strategy.enable_web, app.conf.producer_max_request_size)\n"
     )
     env = {"PATH": "/usr/bin:/bin", "TOWERSTREAM_KAFKA_BOOTSTRAP": "b:9093", "TOWERSTREAM_DATA_DIR": str(tmp_path),
            "TOWERSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "TOWERSTREAM_SASL_MECHANISM": "PLAIN",
@@ -245,4 +243,4 @@ def test_the_worker_app_is_built_with_the_credentials_from_the_environment(tmp_p
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=Path(__file__).parents[2], timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["SASL_PLAINTEXT", "PLAIN", "svc", "pw", "127.0.0.1", "127.0.0.1", "4194304"]
+    assert out.stdout.split() == ["SASL_PLAINTEXT", "PLAIN", "svc", "pw", "127.0.0.1", "False", "4194304"]

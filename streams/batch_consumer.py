@@ -1,23 +1,25 @@
-"""The interactions topic read in record batches straight from aiokafka, without Faust per event.
+"""Topics read in record batches straight from aiokafka, without Faust per event.
 
 Why: Faust wraps every record in a Message and an Event, queues it through its stream and
-acks it one by one: ~200-400 us of GIL-holding Python per event, which capped the worker far
-below 5,000 interactions/s on 2 cores. Here ``getmany`` hands over a batch of aiokafka
-records, which are validated, made durable and queued for training exactly as the Faust
-agent does it (``streams.agents``), and their offsets are committed per partition, not per event.
+acks it one by one: ~200-400 us of GIL-holding Python per event on Faust's event loop. For
+interactions that capped the worker far below 5,000 events/s on 2 cores; for items (1,000
+upserts/s) it took the GIL from the queries served beside it. Here ``getmany`` hands over a
+batch of aiokafka records, which are validated and handed to the engine exactly as the Faust
+agents do it (``streams.agents``), and their offsets are committed per partition, not per event.
 
-The consumer is in a group of its own (``<app_id>-interactions``), not Faust's: Faust's
-assignor and its per-event acks keep to the topics its agents read. Eager assignment
-(aiokafka's default round robin): cooperative-sticky never assigned a second member on the
-test broker.
+Each reader is in a consumer group of its own (``<app_id>-interactions``, ``<app_id>-items``),
+not Faust's: Faust's assignor and its per-event acks keep to the topics its agents read.
+Eager assignment (aiokafka's default round robin): cooperative-sticky never assigned a second
+member on the test broker.
 
-Offsets: a batch's offsets count as done once ``Engine.commit_interactions`` has returned (its
-events are in RocksDB) or its records were dead-lettered; done offsets are committed every
-second after the producer is flushed (so a dead letter is delivered before its record's offset
-is committed), and on revocation and shutdown after the batch in flight. Serving never waits
-for a commit: the engine has the events before the offsets are even considered. A restart
-re-reads at most the last second; event ids make that harmless, and a partition is sought to
-what RocksDB already holds (``Engine.offsets``) when that is ahead of the committed offset.
+Offsets: a batch's offsets count as done once the engine call has returned (interactions: its
+events are in RocksDB; items: upserted and durable) or its records were dead-lettered; done
+offsets are committed every second after the producer is flushed (so a dead letter is
+delivered before its record's offset is committed), and on revocation and shutdown after the
+batch in flight. Serving never waits for a commit: the engine has the events before the
+offsets are even considered. A restart re-reads at most the last second; event ids (and item
+versions) make that harmless, and a partition is sought to what RocksDB already holds
+(``Engine.offsets``) when that is ahead of the committed offset.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -34,7 +35,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from streams.agents import _validate, commit_and_queue
+from streams.agents import _validate, apply_item_records, commit_and_queue
 from streams.kafka_auth import aiokafka_kwargs
 from streams.membership import watch_member
 from streams.runtime import WorkerRuntime
@@ -50,13 +51,13 @@ COMMIT_INTERVAL_S = 1.0
 POLL_TIMEOUT_MS = 200
 
 
-def group_id(settings: Settings) -> str:
-    """The batch consumer's own consumer group."""
-    return f"{settings.app_id}-interactions"
+def group_id(settings: Settings, topic: str = "interactions") -> str:
+    """The consumer group of the batch reader of ``topic`` ("interactions" or "items")."""
+    return f"{settings.app_id}-{topic}"
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: InteractionsConsumer) -> None:
+    def __init__(self, owner: BatchConsumer) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -66,12 +67,16 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner._on_assigned(assigned)
 
 
-class InteractionsConsumer(Service):  # type: ignore[misc]
-    """Reads the interactions topic into the engine in batches; a child service of the Faust app.
+class BatchConsumer(Service):  # type: ignore[misc]
+    """Reads one topic into the engine in batches; a child service of the Faust app.
 
     It starts with the app, so its group join overlaps Faust's and the engine's loading; it
     reads once the engine is ready. ``close`` must run before ``WorkerRuntime.close``.
+    Subclasses say what a batch does (``_process``) and may prepare once the engine is open.
     """
+
+    #: The topic's short name (``Settings.topic``); also names the group and the log events.
+    name = ""
 
     def __init__(self, app: Any, runtime: WorkerRuntime, topic: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -80,7 +85,7 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
         self.settings = runtime.settings
         #: The Faust topic: declared (created if missing) before subscribing.
         self.topic = topic
-        self.group = group_id(self.settings)
+        self.group = group_id(self.settings, self.name)
         self.consumer: AIOKafkaConsumer | None = None
         self._in_flight = asyncio.Lock()  # held while a batch is validated, committed and queued
         self._done: dict[TopicPartition, int] = {}  # next offset whose predecessors are durable
@@ -101,7 +106,7 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap, group_id=self.group, client_id=f"{s.app_id}-interactions",
+            bootstrap_servers=s.bootstrap, group_id=self.group, client_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=s.consumer_max_fetch_wait_ms, max_poll_records=s.batch_max,
             session_timeout_ms=int(s.broker_session_timeout * 1000),
@@ -118,12 +123,10 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
             await self.topic.maybe_declare()
         consumer = self.consumer = await self._started_consumer()
         watch_member(lambda: _member_id(consumer), s, self.group)
-        consumer.subscribe([s.topic("interactions")], listener=_Listener(self))
-        log.info("interactions_consumer_started", group=self.group, topic=s.topic("interactions"))
+        consumer.subscribe([s.topic(self.name)], listener=_Listener(self))
+        log.info(f"{self.name}_consumer_started", group=self.group, topic=s.topic(self.name))
         engine = await self.runtime.wait_ready()
-        queue = self.runtime.training_queue = TrainingQueue(
-            self.runtime, engine, s.topic("interactions"), max_events=s.train_batch_max,
-            max_pending=s.train_queue_max, merge_after=s.train_merge_after)
+        self._prepare(engine)
         self._committer = asyncio.ensure_future(self._commit_periodically())
         while not self._closing:
             if self._to_seek:
@@ -131,7 +134,7 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
             try:
                 got = await self._take(consumer)
             except KafkaError as exc:  # e.g. a coordinator error aiokafka hands back: log it, go on
-                log.warning("interactions_fetch_failed", error=repr(exc)[:300])
+                log.warning(f"{self.name}_fetch_failed", error=repr(exc)[:300])
                 await asyncio.sleep(1.0)
                 continue
             assigned = consumer.assignment()  # a rebalance while taking: drop what is no longer ours
@@ -141,11 +144,11 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
             async with self._in_flight:  # acquired without yielding: no revocation in between
                 records = [r for batch in got.values() for r in batch]
                 try:
-                    await self._process(engine, queue, records)
+                    await self._process(engine, records)
                 except Exception:  # noqa: BLE001 - a bug, not bad input (that is dead-lettered): retry
-                    log.exception("interactions_batch_failed", records=len(records))
+                    log.exception(f"{self.name}_batch_failed", records=len(records))
                     for tp, batch in got.items():  # read it again: its offsets are not done
-                        log.warning("interactions_batch_retried", topic=tp.topic, partition=tp.partition,
+                        log.warning(f"{self.name}_batch_retried", topic=tp.topic, partition=tp.partition,
                                     offset=batch[0].offset, records=len(batch))
                         if tp in consumer.assignment():
                             consumer.seek(tp, batch[0].offset)
@@ -183,17 +186,18 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
                 await consumer.start()
                 return consumer
             except KafkaError as exc:
-                log.warning("interactions_consumer_start_failed", error=repr(exc)[:300], retry_in_s=delay)
+                log.warning(f"{self.name}_consumer_start_failed", error=repr(exc)[:300], retry_in_s=delay)
                 with contextlib.suppress(Exception):
                     await consumer.stop()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _process(self, engine: Any, queue: TrainingQueue, records: Sequence[ConsumerRecord]) -> None:
-        """What the Faust agent does with a batch: validate, dead-letter, commit durably, queue."""
-        batch = list(records)
-        valid, sources = await _validate(self.runtime, batch, decode_interaction)
-        await commit_and_queue(self.runtime, engine, queue, batch, valid, sources)
+    def _prepare(self, engine: Any) -> None:
+        """Once, when the engine is open and before the first batch."""
+
+    async def _process(self, engine: Any, records: list[ConsumerRecord]) -> None:
+        """What the topic's Faust agent does with a batch."""
+        raise NotImplementedError
 
     async def _seek_to_durable(self, engine: Any) -> None:
         """Skip what RocksDB already holds (a kill lost the last second of offset commits)."""
@@ -204,11 +208,11 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
             try:
                 position = await self.consumer.position(tp)
             except KafkaError as exc:
-                log.warning("interactions_position_unknown", topic=tp.topic, partition=tp.partition, error=repr(exc))
+                log.warning(f"{self.name}_position_unknown", topic=tp.topic, partition=tp.partition, error=repr(exc))
                 continue
             if durable > position:
                 self.consumer.seek(tp, durable)
-                log.info("interactions_seek_to_durable", topic=tp.topic, partition=tp.partition,
+                log.info(f"{self.name}_seek_to_durable", topic=tp.topic, partition=tp.partition,
                          offset=durable, committed=position)
 
     # ----- offsets ----------------------------------------------------------------------------
@@ -231,7 +235,7 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
             await self.app.producer.flush()  # dead letters of these records are delivered first
             await consumer.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - e.g. a rebalance or the broker away: next time
-            log.warning("interactions_commit_failed", error=repr(exc)[:300],
+            log.warning(f"{self.name}_commit_failed", error=repr(exc)[:300],
                         offsets={f"{tp.topic}:{tp.partition}": off for tp, off in offsets.items()})
             return
         for tp, off in offsets.items():
@@ -243,12 +247,12 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
         for tp in revoked:
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
-        log.info("interactions_partitions_revoked", group=self.group,
+        log.info(f"{self.name}_partitions_revoked", group=self.group,
                  partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._to_seek |= set(assigned)
-        log.info("interactions_partitions_assigned", group=self.group,
+        log.info(f"{self.name}_partitions_assigned", group=self.group,
                  partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
     # ----- shutdown ---------------------------------------------------------------------------
@@ -268,8 +272,34 @@ class InteractionsConsumer(Service):  # type: ignore[misc]
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()
-        log.info("interactions_consumer_stopped", group=self.group, seconds=round(time.perf_counter() - t0, 3),
+        log.info(f"{self.name}_consumer_stopped", group=self.group, seconds=round(time.perf_counter() - t0, 3),
                  committed={f"{tp.topic}:{tp.partition}": off for tp, off in self._committed.items()})
+
+
+class InteractionsConsumer(BatchConsumer):
+    """Interactions: validate, dead-letter, commit durably, queue for training."""
+
+    name = "interactions"
+    queue: TrainingQueue
+
+    def _prepare(self, engine: Any) -> None:
+        s = self.settings
+        self.queue = self.runtime.training_queue = TrainingQueue(
+            self.runtime, engine, s.topic(self.name), max_events=s.train_batch_max,
+            max_pending=s.train_queue_max, merge_after=s.train_merge_after)
+
+    async def _process(self, engine: Any, records: list[ConsumerRecord]) -> None:
+        valid, sources = await _validate(self.runtime, records, decode_interaction)
+        await commit_and_queue(self.runtime, engine, self.queue, records, valid, sources)
+
+
+class ItemsConsumer(BatchConsumer):
+    """Items: validate and apply (upsert, delete) on the items thread."""
+
+    name = "items"
+
+    async def _process(self, engine: Any, records: list[ConsumerRecord]) -> None:
+        await apply_item_records(self.runtime, engine, records)
 
 
 def _member_id(consumer: AIOKafkaConsumer) -> str | None:
