@@ -5,13 +5,16 @@
     .venv/bin/python bench/engine_costs.py learn --batch 2048 --steps-per-batch 2   # vs 1
     .venv/bin/python bench/engine_costs.py checkpoint --state bench/.cache/state-1000000-...  # RSS/time
     .venv/bin/python bench/engine_costs.py refit --state bench/.cache/state-100000-...        # recall
+    .venv/bin/python bench/engine_costs.py query --state bench/.cache/state-100000-...        # ms per query
 
 ``learn``: a 20k-item / 50k-user engine (synthetic clustered clicks), 40 warm-up batches, then 20
 timed ones; reports events/s and the time in each part, and one checkpoint split into the
 training-thread snapshot and the off-thread write. ``checkpoint`` and ``refit`` open a copy of a
 state built by ``bench/_common.build_state`` (the query-latency and memory benchmarks' cache):
 RSS around ``snapshot``/``write_snapshot``; recall@10 of 1,000 query users against the stored
-exact top-10 before and after ``VectorIndex.refit``. Diagnostics for docs/benchmarks.md, not
+exact top-10 before and after ``VectorIndex.refit``; ``query``: CPU ms per query for the 1,000
+query users (50-item histories), the user tower in numpy (what serving runs) against the same
+maths in PyTorch, then the whole ``Engine.recommend`` (k=10, seen items excluded). Diagnostics for docs/benchmarks.md, not
 targets: the targets are measured end to end by the other scripts in bench/.
 """
 
@@ -165,6 +168,41 @@ def cmd_refit(args: argparse.Namespace) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cmd_query(args: argparse.Namespace) -> None:
+    from towers import numpy_user_tower
+
+    eng, meta, tmp = _open_copy(args.state)
+    tr = eng.trainer
+    users = [f"q{i}" for i in range(meta["query_users"])]
+    rows = [np.array([eng.users.get(u)], dtype=np.int64) for u in users]
+
+    def numpy_tower(r: np.ndarray) -> Any:
+        uniq, inv, valid, feats = tr._user_inputs(r, tr._ordered_history(r), None)
+        return numpy_user_tower.user_vectors(tr.model, uniq, tr.item_tokens[uniq], tr.item_cats[uniq],
+                                             tr.item_creator[uniq], tr.item_nums[uniq], inv, valid, r, feats)
+
+    def torch_tower(r: np.ndarray) -> Any:
+        with torch.no_grad():
+            return tr._user_vectors(r, tr._ordered_history(r), None)
+
+    def per_query(fn: Any, arg: list[Any]) -> tuple[float, float]:
+        lat = []
+        for _ in range(args.rounds):
+            for a in arg:
+                t0 = time.process_time()
+                fn(a)
+                lat.append(1000 * (time.process_time() - t0))
+        return float(np.percentile(lat, 50)), float(np.mean(lat))
+
+    for name, fn, arg in (("user tower, numpy", numpy_tower, rows), ("user tower, pytorch", torch_tower, rows),
+                          ("recommend (k=10, seen excluded)", lambda u: eng.recommend(u, 10), users)):
+        per_query(fn, arg[:50])  # warm-up
+        p50, mean = per_query(fn, arg)
+        print(f"{name}: CPU p50 {p50:.3f} ms, mean {mean:.3f} ms per query ({len(arg)} users x {args.rounds})")
+    eng.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -174,11 +212,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--steps-per-batch", type=int, default=0, help="force this many steps at every batch size")
-    for name in ("checkpoint", "refit"):
-        sub.add_parser(name).add_argument("--state", type=Path, required=True, help="a bench/.cache/state-* dir")
+    for name in ("checkpoint", "refit", "query"):
+        q = sub.add_parser(name)
+        q.add_argument("--state", type=Path, required=True, help="a bench/.cache/state-* dir")
+        if name == "query":
+            q.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    {"learn": cmd_learn, "checkpoint": cmd_checkpoint, "refit": cmd_refit}[args.cmd](args)
+    {"learn": cmd_learn, "checkpoint": cmd_checkpoint, "refit": cmd_refit, "query": cmd_query}[args.cmd](args)
 
 
 if __name__ == "__main__":

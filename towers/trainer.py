@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from towers import numpy_user_tower
 from towers.config import TowerConfig
 from towers.features import ItemContentLike, encode_features, encode_item
 from towers.model import DynamicEmbedding, TwoTowerModel
@@ -303,10 +304,10 @@ class TwoTowerTrainer:
             self._t(self.item_creator[rows]), self._t(self.item_nums[rows]), id_keep, id_trainable,
         )
 
-    def _user_vectors(
+    def _user_inputs(
         self, user_rows: np.ndarray, hist: np.ndarray, contexts: Sequence[Mapping[str, object]] | None
-    ) -> torch.Tensor:
-        """(B,) user rows, (B, L) history rows (most recent first, -1 padded) -> (B, D)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """History rows -> (U,) distinct item rows, (B, W) positions into them, (B, W) valid, (B, F) features."""
         # A row the item tables do not hold yet (an event shown to serving before its train step
         # grew them) counts as padding until then.
         valid = (hist >= 0) & (hist < self.item_capacity())
@@ -316,14 +317,21 @@ class TwoTowerTrainer:
         width = int(filled[-1]) + 1 if len(filled) else 1
         hist, valid = hist[:, :width], valid[:, :width]
         uniq, inv = np.unique(np.where(valid, hist, 0), return_inverse=True)
-        vecs = self.model.item_out(self._item_base(uniq))  # (U, D): the item tower's own embeddings
-        pooled = self.model.pool_history(vecs, self._t(inv.reshape(hist.shape)), self._t(valid))
         feats = self.user_feats[user_rows]
         if contexts is not None:
             ctx = np.stack([
                 encode_features(c, "c:", buckets=self.cfg.feat_buckets, limit=self.cfg.max_feats) for c in contexts
             ])
             feats = np.concatenate([feats, ctx], axis=1)
+        return uniq, inv.reshape(hist.shape), valid, feats
+
+    def _user_vectors(
+        self, user_rows: np.ndarray, hist: np.ndarray, contexts: Sequence[Mapping[str, object]] | None
+    ) -> torch.Tensor:
+        """(B,) user rows, (B, L) history rows (most recent first, -1 padded) -> (B, D)."""
+        uniq, inv, valid, feats = self._user_inputs(user_rows, hist, contexts)
+        vecs = self.model.item_out(self._item_base(uniq))  # (U, D): the item tower's own embeddings
+        pooled = self.model.pool_history(vecs, self._t(inv), self._t(valid))
         return self.model.user_out(self._t(user_rows), pooled, self._t(feats))
 
     # ----- public API --------------------------------------------------------------------
@@ -493,7 +501,13 @@ class TwoTowerTrainer:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_users(int(user_rows.max()))
         hist = self._ordered_history(user_rows)
-        vecs = self._user_vectors(user_rows, hist, contexts).cpu().numpy().astype(np.float32, copy=False)
+        if self.device.type == "cpu":  # the same maths without PyTorch's per-call cost (towers.numpy_user_tower)
+            uniq, inv, valid, feats = self._user_inputs(user_rows, hist, contexts)
+            vecs = numpy_user_tower.user_vectors(
+                self.model, uniq, self.item_tokens[uniq], self.item_cats[uniq], self.item_creator[uniq],
+                self.item_nums[uniq], inv, valid, user_rows, feats).astype(np.float32, copy=False)
+        else:
+            vecs = self._user_vectors(user_rows, hist, contexts).cpu().numpy().astype(np.float32, copy=False)
         half = np.float32(np.sqrt(0.5))
         return np.concatenate([vecs * half, np.full((len(vecs), 1), half, dtype=np.float32)], axis=1)
 

@@ -1,0 +1,61 @@
+"""Serving embeds users with ``towers.numpy_user_tower``; training with PyTorch. Same vectors.
+
+The numpy path is what every CPU query runs, so it must agree with the PyTorch towers the
+trainer learns with, for every kind of user: a long history, a short one, none, profile
+features, query context, and a history item the item tables do not hold yet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from towers import TowerConfig, TwoTowerTrainer
+from tests.unit.test_engine import item
+
+
+def trained() -> TwoTowerTrainer:
+    cfg = TowerConfig(dim=24, hidden=32, history_len=12, uniform_negatives=8, seed=3, device="cpu")
+    tr = TwoTowerTrainer(cfg)
+    tr.set_items(np.arange(60), [item(i) for i in range(60)])
+    tr.set_user_features(np.array([1, 2]), [{"country": "fr", "age": 31}, {"plan": "pro"}])
+    rng = np.random.default_rng(7)
+    for _ in range(6):  # trained weights, and histories of every length (user 0 has none)
+        tr.learn_batch(rng.integers(1, 25, size=48), rng.integers(0, 60, size=48))
+    return tr
+
+
+def torch_vectors(tr: TwoTowerTrainer, rows: np.ndarray, contexts: list[dict[str, object]] | None = None) -> np.ndarray:
+    with torch.no_grad():
+        vecs = tr._user_vectors(rows, tr._ordered_history(rows), contexts).numpy()
+    half = np.float32(np.sqrt(0.5))
+    return np.concatenate([vecs * half, np.full((len(vecs), 1), half, dtype=np.float32)], axis=1)
+
+
+def test_numpy_and_pytorch_user_towers_give_the_same_vectors() -> None:
+    tr = trained()
+    rows = np.arange(0, 26)
+    lengths = np.minimum(tr.user_hist_n[rows], tr.cfg.history_len)
+    assert lengths.min() == 0 and lengths.max() == tr.cfg.history_len and len(set(lengths.tolist())) > 3
+    got = tr.embed_users(rows)  # the serving path: numpy on the CPU
+    np.testing.assert_allclose(got, torch_vectors(tr, rows), atol=2e-6)
+    assert not np.allclose(got[1], got[2], atol=1e-3)  # and users differ: not a constant
+
+
+def test_they_agree_with_query_context_and_one_user_at_a_time() -> None:
+    tr = trained()
+    ctx: list[dict[str, object]] = [{"device": "tv", "hour": 21}, {}, {"device": "phone"}]
+    rows = np.array([3, 0, 17])
+    np.testing.assert_allclose(tr.embed_users(rows, ctx), torch_vectors(tr, rows, ctx), atol=2e-6)
+    for r in (0, 5, 24):
+        one = np.array([r])
+        np.testing.assert_allclose(tr.embed_users(one), torch_vectors(tr, one), atol=2e-6)
+
+
+def test_a_history_item_the_tables_do_not_hold_yet_counts_as_padding_in_both() -> None:
+    tr = trained()
+    rows = np.array([4, 0])
+    beyond = tr.item_capacity() + 5
+    tr.observe(rows, np.array([beyond, beyond]))  # shown to serving before a train step grew the tables
+    assert (tr._ordered_history(rows)[:, 0] == beyond).all()
+    np.testing.assert_allclose(tr.embed_users(rows), torch_vectors(tr, rows), atol=2e-6)
