@@ -177,6 +177,16 @@ class VectorIndex:
             keep = n - 1 - first_in_rev
             ids_, xb = ids_[keep], np.ascontiguousarray(xb[keep])
         id_list = ids_.tolist()
+        # The coarse assignment (which list each vector joins) is most of an IVF add: ~1.5 ms of
+        # 1.8 ms for 200 vectors at 100k items. Done here, off the lock, searches go on meanwhile.
+        # Safe: a re-fit or re-train builds a new index and swaps it, never changes this one's
+        # quantizer, and holding ``ivf`` keeps it alive; the assignment is used only if ``ivf``
+        # is still the index once the lock is held.
+        ivf = self._ivf
+        assign: Ids | None = None
+        if ivf is not None:
+            self._set_threads()
+            assign = np.ascontiguousarray(ivf.quantizer.assign(xb, 1).ravel(), dtype=np.int64)
         with self._lock:
             live = self._live
             existing = [i for i in id_list if i in live]
@@ -196,7 +206,11 @@ class VectorIndex:
                 _remove(index, np.asarray(existing, dtype=np.int64))
             if ids_.shape[0]:
                 start = int(index.ntotal)
-                index.add_with_ids(xb, ids_)
+                if assign is not None and index is ivf:
+                    ivf.add_core(ids_.shape[0], faiss.swig_ptr(np.ascontiguousarray(xb)),
+                                 faiss.swig_ptr(np.ascontiguousarray(ids_)), faiss.swig_ptr(assign))
+                else:
+                    index.add_with_ids(xb, ids_)
                 if self._pos is not None and self._ivf is None:
                     self._pos.update(zip(ids_.tolist(), range(start, start + ids_.shape[0])))
             live.update(id_list)
@@ -364,10 +378,10 @@ class VectorIndex:
             Dk, Ik = index.search(np.ascontiguousarray(q[small]), kk)
             for row, b in enumerate(small.tolist()):
                 ids_row = Ik[row]
-                if counts[b]:
-                    keep = ~np.isin(ids_row, np.asarray(live_excl[b], dtype=np.int64))
-                    keep &= ids_row >= 0
-                    sel = np.flatnonzero(keep)[:k]
+                if counts[b]:  # a set, not np.isin: ~5 us against ~80 us on these sizes (sorting)
+                    banned = set(live_excl[b])
+                    picked = [j for j, i in enumerate(ids_row.tolist()) if i >= 0 and i not in banned][:k]
+                    sel = np.asarray(picked, dtype=np.int64)
                 else:
                     sel = np.arange(min(k, kk))
                 D[b, : sel.size], I[b, : sel.size] = Dk[row, sel], ids_row[sel]
