@@ -25,7 +25,7 @@ from streams.membership import current_member_id, rejoin_as_previous_member, wat
 from streams.runtime import WorkerRuntime
 from streams.views import build_web_app
 from towerstream.events.deadletter import MAX_RECORD_BYTES
-from towerstream.logs import configure_logging
+from towerstream.logs import configure_logging, undo_spinner_debug_level
 from towerstream.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -156,6 +156,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def open_engine() -> None:
+        undo_spinner_debug_level(settings.log_level)  # Faust's logging is set up by now
         await runtime.open()
 
     if settings.ordering == "event_time":

@@ -36,3 +36,17 @@ def configure_logging(level: str = "info", json: bool = True, *, cache: bool = T
         ),
         cache_logger_on_first_use=cache,
     )
+
+
+def undo_spinner_debug_level(level: str) -> None:
+    """Put the root logger back to ``level`` once ``faust worker`` has set up logging.
+
+    At ``-l warn`` and above Faust adds a terminal spinner that turns on every log record and,
+    for it, lowers the root logger to DEBUG: aiokafka then builds a record for each request and
+    response it debug-logs (hundreds per second under load, on the event loop), all dropped by
+    the handlers. Records below ``level`` are never shown, so nothing visible changes.
+    """
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    root = logging.getLogger()
+    if root.level < lvl:
+        root.setLevel(lvl)
