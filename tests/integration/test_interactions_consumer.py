@@ -1,7 +1,7 @@
-"""The batch consumer of the interactions topic (``streams.batch_consumer``) on a real broker.
+"""The batch consumers of the interactions and items topics (``streams.batch_consumer``) on a real broker.
 
-It reads in its own consumer group (``<app_id>-interactions``), so these tests read that group's
-committed offsets as well as Faust's: events are trained and served, bad records dead-lettered,
+Each reads in its own consumer group (``<app_id>-interactions``, ``<app_id>-items``), so these
+tests read those groups' committed offsets as well as Faust's: events are trained and served, bad records dead-lettered,
 offsets committed only for durable events (checked at every SIGKILL of the kill harness), a
 graceful restart re-reads nothing, two workers split the partitions, and a restarted worker
 rejoins the group as the member its predecessor was.
@@ -32,7 +32,7 @@ from towerstream.broker import EmbeddedBroker
 from towerstream.events import DeadLetter, Interaction
 from towerstream.processes import WorkerProcess, http_json
 from towerstream.settings import Settings
-from towerstream.synthetic import StreamSpec
+from towerstream.synthetic import StreamSpec, generate
 
 pytestmark = [pytest.mark.broker]
 
@@ -42,6 +42,7 @@ def _batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers inherit the environment, and only settings that differ from the defaults are
     passed on explicitly: pin the path here, whatever the default or the caller's environment."""
     monkeypatch.setenv("TOWERSTREAM_INTERACTIONS_CONSUMER", "batch")
+    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", "batch")
 
 
 def group_offsets(settings: Settings, group: str, topics: tuple[str, ...] = ("interactions",)) -> dict[str, int]:
@@ -99,6 +100,15 @@ def test_batch_path_trains_serves_dead_letters_and_commits_only_durable_offsets(
         time.sleep(0.5)
     assert sum(committed.values()) == spec.interactions + len(bad), committed
     assert group_offsets(settings, settings.app_id) == {}  # Faust's group does not read interactions
+    # Items have a batch reader and a group of their own too (ITEMS_CONSUMER=batch, the default).
+    assert "items_consumer_started" in log
+    item_records = sum(1 for rec in generate(spec) if rec.logical_topic() == "items")
+    items_group = group_id(settings, "items")
+    deadline = time.monotonic() + 15
+    while sum(group_offsets(settings, items_group, ("items",)).values()) < item_records and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sum(group_offsets(settings, items_group, ("items",)).values()) == item_records > 0
+    assert group_offsets(settings, settings.app_id, ("items",)) == {}
     # Dead letters: delivered, with position and reason, before their offsets were committed.
     consumer = KafkaConsumer(settings.topic("dead-letters"), bootstrap_servers=settings.bootstrap,
                              auto_offset_reset="earliest", consumer_timeout_ms=3000, fetch_max_wait_ms=50, group_id=None)
@@ -236,3 +246,37 @@ def test_recorded_member_ids_are_reused_per_group(broker: EmbeddedBroker, tmp_pa
         return [await member_of(g) for g in (batch_group, "someone-else", settings.app_id, batch_group)]
 
     assert asyncio.run(main()) == ["batch-member-1", "", "faust-member-1", ""]
+
+
+@pytest.mark.timeout(240)
+def test_the_faust_agents_read_both_topics_when_the_settings_ask_for_them(
+    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``INTERACTIONS_CONSUMER=faust`` / ``ITEMS_CONSUMER=faust``: Faust's group reads both, no batch reader runs."""
+    monkeypatch.setenv("TOWERSTREAM_INTERACTIONS_CONSUMER", "faust")
+    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", "faust")
+    spec = StreamSpec(users=30, items=50, interactions=600, late_items=0.0, seed=9)
+    settings = worker_settings(broker, tmp_path / "data", topic_prefix, interactions_consumer="faust",
+                               items_consumer="faust")
+    ensure_topics(settings)
+    worker = start_worker(settings)
+    worker.wait_ready(90)
+    produce_stream(settings, spec)
+    wait_for(worker, lambda b: b.get("trained_total", 0) >= spec.interactions and b.get("untrained_events") == 0
+             and b.get("items_indexed", 0) >= spec.items)
+    status, rec = http_json(worker.base_url + "/recommend/u3?k=5")
+    assert status == 200 and rec["source"] == "model" and len(rec["items"]) == 5, rec
+    log = Path(str(worker.log_path)).read_text()
+    assert "items_consumer_started" not in log and "interactions_consumer_started" not in log
+    item_records = sum(1 for rec in generate(spec) if rec.logical_topic() == "items")
+    want = {"interactions": spec.interactions, "items": item_records}
+    got: dict[str, int] = {}
+    deadline = time.monotonic() + 15
+    while got != want and time.monotonic() < deadline:
+        offsets = group_offsets(settings, settings.app_id, ("interactions", "items"))
+        got = {t: sum(off for tp, off in offsets.items() if tp.startswith(settings.topic(t) + ":")) for t in want}
+        time.sleep(0.5)
+    assert got == want
+    assert group_offsets(settings, group_id(settings, "items"), ("items",)) == {}
+    assert group_offsets(settings, group_id(settings)) == {}
