@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -101,6 +102,13 @@ class WorkerRuntime:
 
     async def open(self) -> Engine:
         self.engine = await asyncio.wrap_future(self.begin_open())
+        # The loaded state is millions of long-lived objects: a full collection walks them all
+        # with the GIL held, ~240 ms at 100k items (gc.callbacks in the worker while it loaded
+        # the bench/query_latency.py state), a stall of every thread, queries included, each
+        # time long-lived objects grow by a quarter. Frozen, collections skip them; reference
+        # counting still frees them.
+        gc.collect()
+        gc.freeze()
         t0 = self._open_t0
         self.last_checkpoint_at = time.time()
         self.ready_event.set()
