@@ -244,3 +244,28 @@ def test_the_worker_app_is_built_with_the_credentials_from_the_environment(tmp_p
                          cwd=Path(__file__).parents[2], timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["SASL_PLAINTEXT", "PLAIN", "svc", "pw", "127.0.0.1", "False", "4194304"]
+
+
+@pytest.mark.parametrize("faust_metrics", ["true", "false"])
+def test_metrics_are_served_by_our_server_with_fausts_sensor_only_when_asked(tmp_path: Path, faust_metrics: str) -> None:
+    """Faust's web server is off (the API has a thread of its own): /metrics serves the one registry,
+    which holds Faust's per-event sensor only with ``FAUST_METRICS=true``."""
+    code = (
+        "import asyncio\n"
+        "from aiohttp.test_utils import TestClient, TestServer\n"
+        "from streams.app import app\n"
+        "async def main():\n"
+        "    client = TestClient(TestServer(app.towerstream_http.app))\n"
+        "    await client.start_server()\n"
+        "    resp = await client.get('/metrics')\n"
+        "    text = await resp.text()\n"
+        "    await client.close()\n"
+        "    print(resp.status, 'towerstream_faust_' in text, 'towerstream_events_total' in text)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "TOWERSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9", "TOWERSTREAM_DATA_DIR": str(tmp_path),
+           "TOWERSTREAM_FAUST_METRICS": faust_metrics, "TOWERSTREAM_LOG_LEVEL": "error"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).parents[2], timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["200", str(faust_metrics == "true"), "True"]
