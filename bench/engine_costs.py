@@ -169,7 +169,7 @@ def cmd_refit(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
-    from towers import numpy_user_tower
+    from towers import numpy_towers
 
     eng, meta, tmp = _open_copy(args.state)
     tr = eng.trainer
@@ -178,7 +178,7 @@ def cmd_query(args: argparse.Namespace) -> None:
 
     def numpy_tower(r: np.ndarray) -> Any:
         uniq, inv, valid, feats = tr._user_inputs(r, tr._ordered_history(r), None)
-        return numpy_user_tower.user_vectors(tr.model, uniq, tr.item_tokens[uniq], tr.item_cats[uniq],
+        return numpy_towers.user_vectors(tr.model, uniq, tr.item_tokens[uniq], tr.item_cats[uniq],
                                              tr.item_creator[uniq], tr.item_nums[uniq], inv, valid, r, feats)
 
     def torch_tower(r: np.ndarray) -> Any:

@@ -26,10 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from towers import numpy_user_tower
+from towers import numpy_towers
 from towers.config import TowerConfig
 from towers.features import ItemContentLike, encode_features, encode_item
 from towers.model import DynamicEmbedding, TwoTowerModel
+
+
+#: Item batches up to this size are embedded with the numpy towers on the CPU (larger ones, e.g. a
+#: full re-embedding or the items a train step touched, in PyTorch, whose ops release the GIL
+#: while they compute): for tens of items PyTorch's per-op cost dominates.
+NUMPY_ITEMS_MAX = 256
 
 
 def resolve_device(name: str) -> torch.device:
@@ -479,9 +485,13 @@ class TwoTowerTrainer:
         if len(rows) == 0:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_items(int(rows.max()))
-        out = [self.model.item_out(self._item_base(rows[s : s + chunk])).cpu().numpy()
-               for s in range(0, len(rows), chunk)]
-        vecs = np.concatenate(out).astype(np.float32, copy=False)
+        if self.device.type == "cpu" and len(rows) <= NUMPY_ITEMS_MAX:  # live upserts, touched items
+            vecs = numpy_towers.item_vectors(self.model, rows, self.item_tokens[rows], self.item_cats[rows],
+                                             self.item_creator[rows], self.item_nums[rows])
+        else:
+            out = [self.model.item_out(self._item_base(rows[s : s + chunk])).cpu().numpy()
+                   for s in range(0, len(rows), chunk)]
+            vecs = np.concatenate(out).astype(np.float32, copy=False)
         bonus = np.clip(self.exploration_bonus(rows), 0.0, 0.99)[:, None]
         # Unit norm kept: the bonus tilts the vector towards the users' constant coordinate.
         return np.concatenate([vecs * np.sqrt(1.0 - bonus**2), bonus], axis=1)
@@ -501,9 +511,9 @@ class TwoTowerTrainer:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_users(int(user_rows.max()))
         hist = self._ordered_history(user_rows)
-        if self.device.type == "cpu":  # the same maths without PyTorch's per-call cost (towers.numpy_user_tower)
+        if self.device.type == "cpu":  # the same maths without PyTorch's per-call cost (towers.numpy_towers)
             uniq, inv, valid, feats = self._user_inputs(user_rows, hist, contexts)
-            vecs = numpy_user_tower.user_vectors(
+            vecs = numpy_towers.user_vectors(
                 self.model, uniq, self.item_tokens[uniq], self.item_cats[uniq], self.item_creator[uniq],
                 self.item_nums[uniq], inv, valid, user_rows, feats).astype(np.float32, copy=False)
         else:

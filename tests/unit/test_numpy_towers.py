@@ -1,4 +1,5 @@
-"""Serving embeds users with ``towers.numpy_user_tower``; training with PyTorch. Same vectors.
+"""Serving embeds users, and small item batches are embedded, with ``towers.numpy_towers``;
+training uses PyTorch. Same vectors.
 
 The numpy path is what every CPU query runs, so it must agree with the PyTorch towers the
 trainer learns with, for every kind of user: a long history, a short one, none, profile
@@ -59,3 +60,18 @@ def test_a_history_item_the_tables_do_not_hold_yet_counts_as_padding_in_both() -
     tr.observe(rows, np.array([beyond, beyond]))  # shown to serving before a train step grew the tables
     assert (tr._ordered_history(rows)[:, 0] == beyond).all()
     np.testing.assert_allclose(tr.embed_users(rows), torch_vectors(tr, rows), atol=2e-6)
+
+
+def test_numpy_and_pytorch_item_towers_give_the_same_vectors() -> None:
+    tr = trained()
+    rows = np.arange(60)
+    got = tr.embed_items(rows)  # 60 rows: the numpy path
+    with torch.no_grad():
+        ref = tr.model.item_out(tr._item_base(rows)).numpy()
+    bonus = np.clip(tr.exploration_bonus(rows), 0.0, 0.99)[:, None]
+    np.testing.assert_allclose(got, np.concatenate([ref * np.sqrt(1.0 - bonus**2), bonus], axis=1), atol=2e-6)
+    # A batch over NUMPY_ITEMS_MAX takes the PyTorch path: the same vectors for the same rows.
+    import towers.trainer as trainer_module
+
+    big = np.resize(rows, trainer_module.NUMPY_ITEMS_MAX + 1)
+    np.testing.assert_allclose(tr.embed_items(big)[:60], got, atol=2e-6)
