@@ -178,8 +178,7 @@ def cmd_query(args: argparse.Namespace) -> None:
 
     def numpy_tower(r: np.ndarray) -> Any:
         uniq, inv, valid, feats = tr._user_inputs(r, tr._ordered_history(r), None)
-        return numpy_towers.user_vectors(tr.model, uniq, tr.item_tokens[uniq], tr.item_cats[uniq],
-                                             tr.item_creator[uniq], tr.item_nums[uniq], inv, valid, r, feats)
+        return numpy_towers.user_vectors(tr.model, tr.item_content(uniq), inv, valid, r, feats)
 
     def torch_tower(r: np.ndarray) -> Any:
         with torch.no_grad():

@@ -15,6 +15,8 @@ in the same way), and a table that grows is replaced, so each call takes the vie
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -22,6 +24,17 @@ import torch
 from towers.model import TwoTowerModel
 
 F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+
+class ItemContent(NamedTuple):
+    """Item rows and their content rows, as the trainer's tables hold them."""
+
+    rows: I64
+    tokens: I64
+    cats: I64
+    creator: I64
+    nums: F32
 
 
 def _w(p: torch.Tensor) -> F32:
@@ -51,41 +64,25 @@ def _mlp(x: F32, seq: torch.nn.Module) -> F32:
     return out
 
 
-def item_vectors(
-    model: TwoTowerModel,
-    item_rows: npt.NDArray[np.int64],
-    tokens: npt.NDArray[np.int64],
-    cats: npt.NDArray[np.int64],
-    creator: npt.NDArray[np.int64],
-    nums: F32,
-) -> F32:
-    """As ``model.item_out(model.item_base(item_rows, tokens, cats, creator, nums))``: (N, D) unit vectors."""
+def item_vectors(model: TwoTowerModel, items: ItemContent) -> F32:
+    """As ``model.item_out(model.item_base(*items))``: (N, D) unit vectors."""
     cats_w = _w(model.cats.weight)
-    content = _bag_mean(tokens, _w(model.text.weight)) + _bag_mean(cats, cats_w) \
-        + (nums @ _w(model.num.weight).T + _w(model.num.bias))
-    content = content + _w(model.creator_w) * cats_w[creator]
-    base = _w(model.item_id.weight)[item_rows] + content
+    content = _bag_mean(items.tokens, _w(model.text.weight)) + _bag_mean(items.cats, cats_w) \
+        + (items.nums @ _w(model.num.weight).T + _w(model.num.bias))
+    content = content + _w(model.creator_w) * cats_w[items.creator]
+    base = _w(model.item_id.weight)[items.rows] + content
     return _normalize(base + _mlp(base, model.item_mlp))
 
 
 def user_vectors(
-    model: TwoTowerModel,
-    item_rows: npt.NDArray[np.int64],
-    tokens: npt.NDArray[np.int64],
-    cats: npt.NDArray[np.int64],
-    creator: npt.NDArray[np.int64],
-    nums: F32,
-    inv: npt.NDArray[np.int64],
-    valid: npt.NDArray[np.bool_],
-    user_rows: npt.NDArray[np.int64],
-    feats: npt.NDArray[np.int64],
+    model: TwoTowerModel, items: ItemContent, inv: I64, valid: npt.NDArray[np.bool_], user_rows: I64, feats: I64
 ) -> F32:
     """As ``model.user_out(user_rows, model.pool_history(model.item_out(model.item_base(...)), inv, valid), feats)``.
 
-    ``item_rows`` (U,) with their content rows, ``inv``/``valid`` (B, L) positions into them
+    ``items`` the (U,) distinct history items, ``inv``/``valid`` (B, L) positions into them
     (most recent first), ``user_rows`` (B,), ``feats`` (B, F) -> (B, D) unit vectors.
     """
-    vecs = item_vectors(model, item_rows, tokens, cats, creator, nums)
+    vecs = item_vectors(model, items)
     # Recency-weighted mean: softmax of the position logits over the valid positions.
     logits = np.where(valid, _w(model.pos_logit)[: inv.shape[1]][None, :], np.float32(-np.inf))
     top = logits.max(axis=1, keepdims=True)

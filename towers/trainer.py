@@ -302,13 +302,15 @@ class TwoTowerTrainer:
     def _t(self, arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
 
+    def item_content(self, rows: np.ndarray) -> numpy_towers.ItemContent:
+        """Rows with their content rows from the feature tables (the numpy towers' input)."""
+        return numpy_towers.ItemContent(rows, self.item_tokens[rows], self.item_cats[rows], self.item_creator[rows],
+                                        self.item_nums[rows])
+
     def _item_base(
         self, rows: np.ndarray, id_keep: torch.Tensor | None = None, id_trainable: int | None = None
     ) -> torch.Tensor:
-        return self.model.item_base(
-            self._t(rows), self._t(self.item_tokens[rows]), self._t(self.item_cats[rows]),
-            self._t(self.item_creator[rows]), self._t(self.item_nums[rows]), id_keep, id_trainable,
-        )
+        return self.model.item_base(*(self._t(a) for a in self.item_content(rows)), id_keep, id_trainable)
 
     def _user_inputs(
         self, user_rows: np.ndarray, hist: np.ndarray, contexts: Sequence[Mapping[str, object]] | None
@@ -486,8 +488,7 @@ class TwoTowerTrainer:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_items(int(rows.max()))
         if self.device.type == "cpu" and len(rows) <= NUMPY_ITEMS_MAX:  # live upserts, touched items
-            vecs = numpy_towers.item_vectors(self.model, rows, self.item_tokens[rows], self.item_cats[rows],
-                                             self.item_creator[rows], self.item_nums[rows])
+            vecs = numpy_towers.item_vectors(self.model, self.item_content(rows))
         else:
             out = [self.model.item_out(self._item_base(rows[s : s + chunk])).cpu().numpy()
                    for s in range(0, len(rows), chunk)]
@@ -513,9 +514,7 @@ class TwoTowerTrainer:
         hist = self._ordered_history(user_rows)
         if self.device.type == "cpu":  # the same maths without PyTorch's per-call cost (towers.numpy_towers)
             uniq, inv, valid, feats = self._user_inputs(user_rows, hist, contexts)
-            vecs = numpy_towers.user_vectors(
-                self.model, uniq, self.item_tokens[uniq], self.item_cats[uniq], self.item_creator[uniq],
-                self.item_nums[uniq], inv, valid, user_rows, feats).astype(np.float32, copy=False)
+            vecs = numpy_towers.user_vectors(self.model, self.item_content(uniq), inv, valid, user_rows, feats)
         else:
             vecs = self._user_vectors(user_rows, hist, contexts).cpu().numpy().astype(np.float32, copy=False)
         half = np.float32(np.sqrt(0.5))
