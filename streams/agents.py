@@ -46,7 +46,8 @@ async def _validate(
     runtime: WorkerRuntime, events: list[Any], decode: Callable[[bytes], Any], off_loop: bool = False
 ) -> tuple[list[Any], list[SourcePos]]:
     """Decode a batch and dead-letter what fails. ``off_loop``: decode on the items thread, so a
-    batch of 512 item events (several ms of pydantic) does not hold up queries on the event loop."""
+    batch of 512 item events (several ms of pydantic) does not hold up Faust's event loop, which
+    reads the topics and sends the dead letters."""
     messages = [record_of(event) for event in events]
     if off_loop:
         decoded = await runtime.run_items(_decode_all, messages, decode)
@@ -63,10 +64,11 @@ async def _validate(
     return valid, sources
 
 
-async def commit_and_queue(runtime: WorkerRuntime, engine: Any, queue: TrainingQueue, records: list[Any],
-                           valid: list[Any], sources: list[SourcePos]) -> None:
-    """Interactions (either reader): stage them (event-time ordering), or make them durable and
-    queue them; the queue trains them on the training thread while the next batch is read."""
+async def apply_interaction_records(runtime: WorkerRuntime, engine: Any, queue: TrainingQueue,
+                                    records: list[Any]) -> None:
+    """Interactions (either reader): decode, then stage them (event-time ordering), or make them
+    durable and queue them; the queue trains them on the training thread while the next batch is read."""
+    valid, sources = await _validate(runtime, records, decode_interaction)
     if not valid or await _staged(runtime, engine, "interactions", valid, sources):
         return
     committed = await apply_batch(runtime, records, sources, commit_observed, runtime, engine, valid, sources,
@@ -147,9 +149,8 @@ def _register_interactions_agent(app: faust.App, runtime: WorkerRuntime, topics:
             runtime, engine, s.topic("interactions"), max_events=s.train_batch_max, max_pending=s.train_queue_max,
             merge_after=s.train_merge_after)
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            valid, sources = await _validate(runtime, list(events), decode_interaction)
             # Durable here; Faust acks the batch when this body returns.
-            await commit_and_queue(runtime, engine, queue, list(events), valid, sources)
+            await apply_interaction_records(runtime, engine, queue, list(events))
 
 
 def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:

@@ -35,12 +35,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from streams.agents import _validate, apply_item_records, commit_and_queue
+from streams.agents import apply_interaction_records, apply_item_records
 from streams.kafka_auth import aiokafka_kwargs
 from streams.membership import watch_member
 from streams.runtime import WorkerRuntime
 from streams.training_queue import TrainingQueue
-from towerstream.events import decode_interaction
 from towerstream.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -289,8 +288,7 @@ class InteractionsConsumer(BatchConsumer):
             max_pending=s.train_queue_max, merge_after=s.train_merge_after)
 
     async def _process(self, engine: Any, records: list[ConsumerRecord]) -> None:
-        valid, sources = await _validate(self.runtime, records, decode_interaction)
-        await commit_and_queue(self.runtime, engine, self.queue, records, valid, sources)
+        await apply_interaction_records(self.runtime, engine, self.queue, records)
 
 
 class ItemsConsumer(BatchConsumer):

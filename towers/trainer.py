@@ -32,9 +32,9 @@ from towers.features import ItemContentLike, encode_features, encode_item
 from towers.model import DynamicEmbedding, TwoTowerModel
 
 
-#: Item batches up to this size are embedded with the numpy towers on the CPU (larger ones, e.g. a
-#: full re-embedding or the items a train step touched, in PyTorch, whose ops release the GIL
-#: while they compute): for tens of items PyTorch's per-op cost dominates.
+#: Item batches up to this size are embedded with the numpy towers on the CPU: for tens of items
+#: PyTorch's per-op cost dominates. Larger ones (a full re-embedding, the items a big train step
+#: touched) stay in PyTorch, whose ops release the GIL while they compute.
 NUMPY_ITEMS_MAX = 256
 
 
@@ -487,7 +487,7 @@ class TwoTowerTrainer:
         if len(rows) == 0:
             return np.zeros((0, self.cfg.dim), dtype=np.float32)
         self.ensure_items(int(rows.max()))
-        if self.device.type == "cpu" and len(rows) <= NUMPY_ITEMS_MAX:  # live upserts, touched items
+        if self.device.type == "cpu" and len(rows) <= NUMPY_ITEMS_MAX:  # e.g. a live item batch
             vecs = numpy_towers.item_vectors(self.model, self.item_content(rows))
         else:
             out = [self.model.item_out(self._item_base(rows[s : s + chunk])).cpu().numpy()
