@@ -29,10 +29,13 @@ from towerstream.events.recommend import RecommendRequest
 log = structlog.get_logger(__name__)
 
 
-def _decode_all(messages: list[Any], decode: Callable[[bytes], Any]) -> list[Any]:
+def _decode_all(messages: list[Any], decode: Callable[[bytes], Any],
+                pause: Callable[[], None] | None = None) -> list[Any]:
     """Each record's event, or ``(reason, kind)`` where it does not validate."""
     out: list[Any] = []
-    for msg in messages:
+    for n, msg in enumerate(messages):
+        if pause is not None and n % 32 == 31:
+            pause()
         try:
             out.append(decode(msg.value))
         except InvalidEvent as exc:
@@ -50,7 +53,7 @@ async def _validate(
     reads the topics and sends the dead letters."""
     messages = [record_of(event) for event in events]
     if off_loop:
-        decoded = await runtime.run_items(_decode_all, messages, decode)
+        decoded = await runtime.run_items(_decode_all, messages, decode, runtime.priority.pause)
     else:
         decoded = _decode_all(messages, decode)
     valid: list[Any] = []

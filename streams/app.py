@@ -26,6 +26,7 @@ from streams.runtime import WorkerRuntime
 from streams.views import build_web_app
 from towerstream.events.deadletter import MAX_RECORD_BYTES
 from towerstream.logs import configure_logging, undo_spinner_debug_level
+from towerstream.query_priority import pause_loop_for_queries
 from towerstream.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -157,6 +158,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def open_engine() -> None:
         undo_spinner_debug_level(settings.log_level)  # Faust's logging is set up by now
+        if settings.query_priority_wait_ms > 0 and not pause_loop_for_queries(asyncio.get_running_loop(), runtime.priority):
+            log.warning("query_priority_not_on_faust_loop", reason="the event loop has no selector to wrap")
         await runtime.open()
 
     if settings.ordering == "event_time":

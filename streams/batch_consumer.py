@@ -102,12 +102,17 @@ class BatchConsumer(Service):  # type: ignore[misc]
         await self.close()
 
     # ----- consuming --------------------------------------------------------------------------
+    def _fetch_min_bytes(self) -> int:
+        """aiokafka's ``fetch_min_bytes``: here 1, a fetch returns as soon as anything is there."""
+        return 1
+
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, group_id=self.group, client_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=s.consumer_max_fetch_wait_ms, max_poll_records=s.batch_max,
+            fetch_min_bytes=self._fetch_min_bytes(),
             session_timeout_ms=int(s.broker_session_timeout * 1000),
             heartbeat_interval_ms=int(s.broker_heartbeat_interval * 1000),
             # As Faust's consumer: a rebalance may wait for a batch in flight; the loop never
@@ -295,6 +300,9 @@ class ItemsConsumer(BatchConsumer):
     """Items: validate and apply (upsert, delete) on the items thread."""
 
     name = "items"
+
+    def _fetch_min_bytes(self) -> int:
+        return self.settings.items_fetch_min_bytes
 
     async def _process(self, engine: Any, records: list[ConsumerRecord]) -> None:
         await apply_item_records(self.runtime, engine, records)

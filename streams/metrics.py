@@ -41,3 +41,13 @@ CHECKPOINT_SECONDS = Gauge("towerstream_checkpoint_seconds", "Duration of the la
 CHECKPOINT_PAUSE_SECONDS = Gauge("towerstream_checkpoint_pause_seconds",
                                  "Training-thread time the last checkpoint took (its state copy)")
 HTTP_REJECTED = Counter("towerstream_http_rejected_total", "HTTP requests answered 4xx", ["path", "status"])
+QUERY_PRIORITY_PAUSES = Counter(
+    "towerstream_query_priority_pauses_total",
+    "Times Faust's loop or the items thread waited for running queries (see query_priority_wait_ms)",
+    ["outcome"],  # "done": the queries ended; "timeout": the wait hit its bound and work went on
+)
+
+
+def note_pause(timed_out: bool) -> None:
+    """``QueryPriority``'s callback: one wait for running queries, and how it ended."""
+    QUERY_PRIORITY_PAUSES.labels("timeout" if timed_out else "done").inc()

@@ -18,6 +18,7 @@ from index_store import WouldBlock
 from towerstream.engine import Engine, EngineConfig
 from towerstream.events import DeadLetter, encode
 from towerstream.heap import trim_heap
+from towerstream.query_priority import QueryPriority
 from towerstream.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,8 @@ class WorkerRuntime:
         self._opening: Future[Engine] | None = None
         self._after_replay: asyncio.Future[None] | None = None
         self._open_t0 = 0.0
+        #: Queries first: Faust's loop and the items thread wait (a bounded while) when one runs.
+        self.priority = QueryPriority(settings.query_priority_wait_ms / 1000, on_pause=metrics.note_pause)
 
     @property
     def ready_event(self) -> asyncio.Event:
@@ -96,6 +99,7 @@ class WorkerRuntime:
 
     def _open_blocking(self) -> Engine:
         engine = Engine(Path(self.settings.data_dir) / "engine", engine_config(self.settings))
+        engine.pause = self.priority.pause
         self.engine = engine
         engine.restore()
         return engine
@@ -140,15 +144,21 @@ class WorkerRuntime:
 
     async def run_items(self, fn: Callable[..., T], *args: Any) -> T:
         """Apply item events off the event loop and apart from training (ordered among item batches)."""
-        return await self._on(self.items_pool, fn, *args)
+        return await self._on(self.items_pool, fn, *args, pause=self.priority.pause)
 
     async def run_commit(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a durable commit off the event loop and apart from training (ordered among commits)."""
         return await self._on(self.commit_pool, fn, *args)
 
     @staticmethod
-    async def _on(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, lambda: fn(*args))
+    async def _on(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any,
+                  pause: Callable[[], None] | None = None) -> T:
+        def call() -> T:
+            if pause is not None:
+                pause()
+            return fn(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     async def serve(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """Answer a query on the caller's event loop (the HTTP thread's, or Faust's for Kafka
@@ -163,10 +173,16 @@ class WorkerRuntime:
         wait = self.settings.serve_inline_wait_ms
         if wait >= 0:
             try:
-                return fn(*args, wait_s=wait / 1000, **kw)
+                with self.priority.query():
+                    return fn(*args, wait_s=wait / 1000, **kw)
             except WouldBlock:
                 metrics.SERVED_OFF_LOOP.inc()
-        return await asyncio.get_running_loop().run_in_executor(self.serve_pool, lambda: fn(*args, **kw))
+
+        def call() -> T:
+            with self.priority.query():
+                return fn(*args, **kw)
+
+        return await asyncio.get_running_loop().run_in_executor(self.serve_pool, call)
 
     async def dead_letter(self, message: Any, reason: str, kind: str, event_id: str | None = None) -> None:
         """Send the original bytes with where they came from and why; never raises on bad input.

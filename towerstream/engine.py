@@ -17,7 +17,7 @@ import json
 import pickle
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -137,6 +137,10 @@ class Committed:
 _STAGE_RANK = {"items": 0, "users": 1, "interactions": 2}
 
 
+def _no_pause() -> None:
+    pass
+
+
 def _seq_key(seq: int) -> str:
     return f"j:{seq:016d}"
 
@@ -197,6 +201,9 @@ class Engine:
         self.commit_lock = threading.RLock()
         #: One checkpoint written at a time (snapshots are written off the training thread).
         self._write_lock = threading.Lock()
+        #: Called between the steps of an item batch, where no lock a query takes is held: the
+        #: worker makes it wait while queries run (``towerstream.query_priority``).
+        self.pause: Callable[[], None] = _no_pause
         #: Journal sequences of committed interaction batches not trained yet: a checkpoint covers
         #: the journal only up to just before the oldest of them.
         self._untrained: set[int] = set()
@@ -480,7 +487,9 @@ class Engine:
                           "source": [src.topic, src.partition, src.offset] if src else None}
                 self.store.put_json("item:" + ev.item_id, record, batch=batch)
             self._journal(batch, "items", fresh, fresh_src)
+            self.pause()
             self.store.write(batch)
+        self.pause()
         res.upserted, res.deleted = self._apply_items_now(fresh)
         return res
 

@@ -1,0 +1,152 @@
+"""Queries first: background work waits while a query runs, for a bounded time, and only then.
+
+Real threads and a real asyncio loop; the times asserted are orderings (which happened first)
+and generous bounds, not speeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.runtime import WorkerRuntime
+from towers import TowerConfig
+from towerstream.engine import Engine, EngineConfig
+from towerstream.events import ItemUpsert
+from towerstream.query_priority import PausingSelector, QueryPriority, pause_loop_for_queries
+from towerstream.settings import Settings
+
+T0 = 1_700_000_000_000
+
+
+def hold_query(priority: QueryPriority, seconds: float, entered: threading.Event, left_at: list[float]) -> threading.Thread:
+    """A query on another thread that runs for ``seconds``; ``left_at`` gets the time it ended."""
+
+    def run() -> None:
+        with priority.query():
+            entered.set()
+            time.sleep(seconds)
+            left_at.append(time.monotonic())
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert entered.wait(5)
+    return t
+
+
+def test_pause_returns_at_once_when_no_query_runs() -> None:
+    outcomes: list[bool] = []
+    priority = QueryPriority(5.0, on_pause=outcomes.append)
+    t0 = time.monotonic()
+    priority.pause()
+    assert time.monotonic() - t0 < 1.0 and outcomes == []  # no wait happened
+
+
+def test_pause_waits_until_the_running_query_ends() -> None:
+    outcomes: list[bool] = []
+    priority = QueryPriority(10.0, on_pause=outcomes.append)
+    left_at: list[float] = []
+    t = hold_query(priority, 0.2, threading.Event(), left_at)
+    priority.pause()
+    resumed_at = time.monotonic()
+    t.join()
+    assert left_at and resumed_at >= left_at[0]  # the background step went on only after the query
+    assert outcomes == [False] and priority.active == 0
+
+
+def test_pause_is_bounded_so_back_to_back_queries_cannot_starve_ingestion() -> None:
+    outcomes: list[bool] = []
+    priority = QueryPriority(0.05, on_pause=outcomes.append)
+    left_at: list[float] = []
+    t = hold_query(priority, 2.0, threading.Event(), left_at)
+    t0 = time.monotonic()
+    priority.pause()
+    waited = time.monotonic() - t0
+    assert not left_at, "the query was still running when the pause gave up"
+    assert 0.04 <= waited < 1.5 and outcomes == [True]
+    t.join()
+
+
+def test_a_zero_bound_turns_the_pause_off() -> None:
+    outcomes: list[bool] = []
+    priority = QueryPriority(0.0, on_pause=outcomes.append)
+    left_at: list[float] = []
+    t = hold_query(priority, 0.5, threading.Event(), left_at)
+    priority.pause()
+    assert not left_at and outcomes == []
+    t.join()
+
+
+def test_nested_and_concurrent_queries_are_all_waited_for() -> None:
+    priority = QueryPriority(10.0)
+    left_at: list[float] = []
+    a = hold_query(priority, 0.1, threading.Event(), left_at)
+    b = hold_query(priority, 0.3, threading.Event(), left_at)
+    assert priority.active == 2
+    priority.pause()
+    resumed_at = time.monotonic()
+    a.join(), b.join()
+    assert len(left_at) == 2 and resumed_at >= max(left_at)
+
+
+def test_an_event_loop_runs_no_callback_while_a_query_runs() -> None:
+    """Faust's loop: a callback that became ready during a query runs after the query."""
+    priority = QueryPriority(10.0)
+    loop = asyncio.new_event_loop()
+    try:
+        assert pause_loop_for_queries(loop, priority)
+        assert pause_loop_for_queries(loop, priority)  # idempotent: not wrapped twice
+        assert isinstance(loop._selector, PausingSelector)  # type: ignore[attr-defined]
+        assert not isinstance(loop._selector._inner, PausingSelector)  # type: ignore[attr-defined]
+        ran_at: list[float] = []
+        left_at: list[float] = []
+        fut = loop.create_future()
+
+        def wake_during_a_query() -> None:
+            time.sleep(0.1)  # the loop is idle in select() by now
+            hold = hold_query(priority, 0.3, threading.Event(), left_at)
+            # Woken from another thread while the query runs, as a fetch response would wake it.
+            loop.call_soon_threadsafe(lambda: (ran_at.append(time.monotonic()), fut.set_result(None)))
+            hold.join()
+
+        driver = threading.Thread(target=wake_during_a_query)
+        driver.start()
+        loop.run_until_complete(asyncio.wait_for(fut, 10))
+        driver.join()
+        assert left_at and ran_at and ran_at[0] >= left_at[0]
+    finally:
+        loop.close()
+
+
+def test_a_loop_without_a_selector_is_reported_not_wrapped() -> None:
+    class NoSelectorLoop:
+        pass
+
+    assert pause_loop_for_queries(NoSelectorLoop(), QueryPriority()) is False
+
+
+def test_an_item_batch_pauses_for_a_query_before_its_write_and_its_upsert(tmp_path: Path) -> None:
+    eng = Engine.open(tmp_path, EngineConfig(tower=TowerConfig(dim=16, hidden=32, seed=1), index_kind="flat"))
+    calls: list[tuple[bool, int]] = []  # (durable yet?, items searchable) at each pause
+    eng.pause = lambda: calls.append((eng.item_record("i0") is not None, len(eng.index)))
+    res = eng.apply_items([ItemUpsert(item_id=f"i{i}", title=f"t{i}", categories=["g"], ts=T0) for i in range(5)])
+    assert res.upserted == 5
+    assert calls == [(False, 0), (True, 0)]  # before the RocksDB write, then before the index upsert
+    eng.close()
+
+
+def test_the_runtime_counts_a_query_while_it_is_answered(tmp_path: Path) -> None:
+    runtime = WorkerRuntime(Settings(data_dir=tmp_path, query_priority_wait_ms=5.0))
+    seen: list[int] = []
+
+    def answer(wait_s: float | None = None) -> str:
+        seen.append(runtime.priority.active)
+        return "ok"
+
+    assert asyncio.run(runtime.serve(answer)) == "ok"
+    assert seen == [1] and runtime.priority.active == 0
+    assert runtime.priority.max_wait_s == pytest.approx(0.005)
