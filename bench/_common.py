@@ -174,6 +174,29 @@ def write_json(name: str, payload: dict[str, Any], out: Path | None = None) -> P
     return path
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters from /proc/stat (user nice system idle iowait irq softirq
+    steal ...); empty where there is no /proc."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return []
+
+
+def steal_share(before: list[int], after: list[int]) -> float | None:
+    """Share of the CPU time between two ``cpu_times()`` that the hypervisor gave to other guests.
+
+    On a shared VM this, not the code, is what makes one run of the same build slow: on the
+    2-vCPU machine of docs/benchmarks.md it ranged from 0.3% to 26% between runs minutes apart.
+    """
+    if len(before) < 8 or len(after) < 8:
+        return None
+    d = [b - a for a, b in zip(before, after)]
+    total = sum(d)
+    return d[7] / total if total > 0 else None
+
+
 def shared_note(env: dict[str, Any]) -> str:
     """A line for the doc when the machine was busy with other work during the run."""
     cpus = env.get("cpus_usable") or env.get("cpus") or 1

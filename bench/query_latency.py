@@ -19,6 +19,9 @@ on one Tansu broker, then:
    business filter (``exclude_category`` of one genre in 16). Latency is measured by the
    client, request sent -> JSON received.
 
+Each run also reports the machine's CPU steal during its upsert phase (``/proc/stat``: time the
+hypervisor gave to other guests); on a shared VM it, not the code, is what makes a run slow.
+
 Reference in the same run: the index alone, in process, on the same stored vectors (single-query
 search with 1 and with 2 Faiss/OpenMP threads, and a 64-query batch), so the HTTP + tower +
 filter overhead is visible, and the choice of one Faiss thread per call is measured, not assumed.
@@ -46,6 +49,7 @@ from bench._common import (  # noqa: E402
     build_state,
     copy_state,
     cpu_seconds,
+    cpu_times,
     fmt,
     item_json,
     percentile,
@@ -54,6 +58,7 @@ from bench._common import (  # noqa: E402
     shared_note,
     start_broker,
     start_worker,
+    steal_share,
     summarize,
     worker_settings,
     write_json,
@@ -143,13 +148,14 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
         m0 = scrape_metrics(w.base_url)
         paced = PacedProcess(settings, settings.topic("items"), upsert, rate=args.upsert_rate,
                              linger_ms=5, batch_size=64 * 1024)
-        c0, t1 = cpu_seconds(w.proc.pid), time.monotonic()
+        c0, t1, st0 = cpu_seconds(w.proc.pid), time.monotonic(), cpu_times()
         paced.start()
         time.sleep(3.0)
         lat_plain, err_plain = query_phase(http, users, args.queries, rng, "")
         m_plain = scrape_metrics(w.base_url)
         lat_filt, err_filt = query_phase(http, users, args.queries, rng, "&exclude_category=genre3")
         elapsed = time.monotonic() - t1
+        steal = steal_share(st0, cpu_times())
         paced.stop()
         time.sleep(1.0)  # let the last upserts land, then count how many were applied
         m1 = scrape_metrics(w.base_url)
@@ -183,9 +189,13 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
         "rss_end_mib": rss_end.get("VmRSS"), "hwm_mib": rss_end.get("VmHWM"),
         "server_over_5ms_fraction": (served - model_count("0.005")) / max(served, 1.0),
         "server_over_2ms_fraction": (served - model_count("0.002")) / max(served, 1.0),
-        "served_off_loop": off_loop,
+        "served_off_loop": off_loop, "cpu_steal_fraction": steal,
     }
     return res
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
 def main() -> None:
@@ -222,13 +232,15 @@ def main() -> None:
                   f"{r['plain_p99_ms']:.2f} ms; filtered p50 {r['filtered_p50_ms']:.2f} ms p99 {r['filtered_p99_ms']:.2f}"
                   f" ms; in the worker {100 * r['server_over_2ms_fraction']:.1f}% > 2 ms, {100 * r['server_over_5ms_fraction']:.1f}% > 5 ms, "
                   f"{r['served_off_loop']:.0f} off the loop; upserts sent {r['upserts_sent_per_s']:.0f}/s ({100 * r['upserts_applied_fraction']:.0f}% applied); worker "
-                  f"{r['worker_cores_used']:.2f} cores, rss {r['rss_end_mib'] or 0:.0f} MiB; ready in {r['startup_s']:.0f}s",
+                  f"{r['worker_cores_used']:.2f} cores, rss {r['rss_end_mib'] or 0:.0f} MiB; ready in {r['startup_s']:.0f}s; "
+                  f"CPU steal {_pct(r['cpu_steal_fraction'])}",
                   flush=True)
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     keys = ("recall_at_10", "idle_p50_ms", "idle_p99_ms", "plain_p50_ms", "plain_p99_ms", "filtered_p50_ms", "filtered_p99_ms",
-            "upserts_sent_per_s", "upserts_applied_fraction", "worker_cores_used", "rss_end_mib", "startup_s")
+            "upserts_sent_per_s", "upserts_applied_fraction", "worker_cores_used", "rss_end_mib", "startup_s",
+            "cpu_steal_fraction")
     summary = {k: summarize([r[k] for r in runs]) for k in keys}
     target_p99 = 5.0 if args.items <= 100_000 else 15.0
     print(f"{args.items:,} items, {meta['kind']} index, no upserts (reference): p50 {fmt(summary['idle_p50_ms'], ' ms', 2)},"
