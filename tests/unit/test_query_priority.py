@@ -71,6 +71,29 @@ def test_pause_is_bounded_so_back_to_back_queries_cannot_starve_ingestion() -> N
     t.join()
 
 
+def test_after_a_wait_that_hit_the_bound_the_thread_runs_free_as_long() -> None:
+    """Queries that overlap without a gap: the background thread alternates waits and free runs."""
+    outcomes: list[bool] = []
+    priority = QueryPriority(0.3, on_pause=outcomes.append)
+    left_at: list[float] = []
+    t = hold_query(priority, 3.0, threading.Event(), left_at)
+    priority.pause()
+    assert outcomes == [True]
+    t0 = time.monotonic()
+    priority.pause()  # within the free run: no wait
+    assert time.monotonic() - t0 < 0.2 and outcomes == [True]
+    time.sleep(0.35)
+    priority.pause()  # the free run is over and the query still runs: waits again
+    assert outcomes == [True, True] and not left_at
+    other: list[float] = []
+    waiter = threading.Thread(target=lambda: (priority.pause(), other.append(time.monotonic())))
+    t1 = time.monotonic()
+    waiter.start()
+    waiter.join()
+    assert other[0] - t1 >= 0.25  # the free run is this thread's own: another thread still waits
+    t.join()
+
+
 def test_a_zero_bound_turns_the_pause_off() -> None:
     outcomes: list[bool] = []
     priority = QueryPriority(0.0, on_pause=outcomes.append)
