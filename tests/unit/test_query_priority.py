@@ -38,6 +38,15 @@ def hold_query(priority: QueryPriority, seconds: float, entered: threading.Event
     return t
 
 
+def running_query(bound_s: float, query_s: float) -> tuple[QueryPriority, list[bool], list[float], threading.Thread]:
+    """A ``QueryPriority`` bounded at ``bound_s``, the outcomes of its waits, and a query of
+    ``query_s`` running on another thread (with the list that gets its end time)."""
+    outcomes: list[bool] = []
+    priority = QueryPriority(bound_s, on_pause=outcomes.append)
+    left_at: list[float] = []
+    return priority, outcomes, left_at, hold_query(priority, query_s, threading.Event(), left_at)
+
+
 def test_pause_returns_at_once_when_no_query_runs() -> None:
     outcomes: list[bool] = []
     priority = QueryPriority(5.0, on_pause=outcomes.append)
@@ -47,10 +56,7 @@ def test_pause_returns_at_once_when_no_query_runs() -> None:
 
 
 def test_pause_waits_until_the_running_query_ends() -> None:
-    outcomes: list[bool] = []
-    priority = QueryPriority(10.0, on_pause=outcomes.append)
-    left_at: list[float] = []
-    t = hold_query(priority, 0.2, threading.Event(), left_at)
+    priority, outcomes, left_at, t = running_query(10.0, 0.2)
     priority.pause()
     resumed_at = time.monotonic()
     t.join()
@@ -59,10 +65,7 @@ def test_pause_waits_until_the_running_query_ends() -> None:
 
 
 def test_pause_is_bounded_so_back_to_back_queries_cannot_starve_ingestion() -> None:
-    outcomes: list[bool] = []
-    priority = QueryPriority(0.05, on_pause=outcomes.append)
-    left_at: list[float] = []
-    t = hold_query(priority, 2.0, threading.Event(), left_at)
+    priority, outcomes, left_at, t = running_query(0.05, 2.0)
     t0 = time.monotonic()
     priority.pause()
     waited = time.monotonic() - t0
@@ -73,10 +76,7 @@ def test_pause_is_bounded_so_back_to_back_queries_cannot_starve_ingestion() -> N
 
 def test_after_a_wait_that_hit_the_bound_the_thread_runs_free_as_long() -> None:
     """Queries that overlap without a gap: the background thread alternates waits and free runs."""
-    outcomes: list[bool] = []
-    priority = QueryPriority(0.3, on_pause=outcomes.append)
-    left_at: list[float] = []
-    t = hold_query(priority, 3.0, threading.Event(), left_at)
+    priority, outcomes, left_at, t = running_query(0.3, 3.0)
     priority.pause()
     assert outcomes == [True]
     t0 = time.monotonic()
@@ -95,10 +95,7 @@ def test_after_a_wait_that_hit_the_bound_the_thread_runs_free_as_long() -> None:
 
 
 def test_a_zero_bound_turns_the_pause_off() -> None:
-    outcomes: list[bool] = []
-    priority = QueryPriority(0.0, on_pause=outcomes.append)
-    left_at: list[float] = []
-    t = hold_query(priority, 0.5, threading.Event(), left_at)
+    priority, outcomes, left_at, t = running_query(0.0, 0.5)
     priority.pause()
     assert not left_at and outcomes == []
     t.join()
