@@ -188,7 +188,7 @@ def steal_share(before: list[int], after: list[int]) -> float | None:
     """Share of the CPU time between two ``cpu_times()`` that the hypervisor gave to other guests.
 
     On a shared VM this, not the code, is what makes one run of the same build slow: on the
-    2-vCPU machine of docs/benchmarks.md it ranged from 0.3% to 26% between runs minutes apart.
+    2-vCPU machine of docs/benchmarks.md it ranged from 0.2% to 36.5% between runs minutes apart.
     """
     if len(before) < 8 or len(after) < 8:
         return None

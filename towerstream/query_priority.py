@@ -2,9 +2,9 @@
 
 Why: every thread of the worker shares one GIL. A query releases it several times (Faiss, numpy,
 the socket) and each time must take it back from whoever grabbed it meanwhile: Faust's event
-loop reading the items topic, the items thread decoding and upserting. With 1,000 upserts/s,
-8-12% of queries at 100k items took over 5 ms inside the worker, against ~1 ms of CPU each
-(``bench/query_latency.py``). Here the background threads check, between steps of their own,
+loop reading the items topic, the items thread decoding and upserting. With 1,000 upserts/s
+and without these waits, 5-23% of answers at 100k items took over 5 ms inside the worker
+against ~1 ms of CPU each (``bench/query_latency.py``, "in the worker"). Here the background threads check, between steps of their own,
 whether a query is running and wait (without the GIL) until it is done, for at most
 ``max_wait_s`` per check. A thread whose wait hit that bound does not wait again for the next
 ``max_wait_s``: when queries overlap without a gap, ingestion still gets about half of its time.
