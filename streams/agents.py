@@ -20,29 +20,14 @@ import structlog
 
 from streams import metrics
 from streams.batch_apply import FAILED, apply_batch, record_of
+from streams.decoding import decode_all
 from streams.runtime import WorkerRuntime
 from streams.training_queue import TrainingQueue, _train_observed, commit_observed
 from towerstream.engine import SourcePos
-from towerstream.events import InvalidEvent, RecommendResponse, decode_interaction, decode_item, decode_user, encode
+from towerstream.events import RecommendResponse, decode_interaction, decode_item, decode_user, encode
 from towerstream.events.recommend import RecommendRequest
 
 log = structlog.get_logger(__name__)
-
-
-def _decode_all(messages: list[Any], decode: Callable[[bytes], Any],
-                pause: Callable[[], None] | None = None) -> list[Any]:
-    """Each record's event, or ``(reason, kind)`` where it does not validate."""
-    out: list[Any] = []
-    for n, msg in enumerate(messages):
-        if pause is not None and n % 32 == 31:
-            pause()
-        try:
-            out.append(decode(msg.value))
-        except InvalidEvent as exc:
-            out.append((exc.reason, exc.kind))
-        except Exception as exc:  # noqa: BLE001 - bad input must never stop the agent
-            out.append((f"{type(exc).__name__}: {exc}", "invalid"))
-    return out
 
 
 async def _validate(
@@ -53,9 +38,9 @@ async def _validate(
     reads the topics and sends the dead letters."""
     messages = [record_of(event) for event in events]
     if off_loop:
-        decoded = await runtime.run_items(_decode_all, messages, decode, runtime.priority.pause)
+        decoded = await runtime.run_items(decode_all, messages, decode, runtime.priority.pause)
     else:
-        decoded = _decode_all(messages, decode)
+        decoded = decode_all(messages, decode)
     valid: list[Any] = []
     sources: list[SourcePos] = []
     for msg, ev in zip(messages, decoded):
@@ -81,9 +66,17 @@ async def apply_interaction_records(runtime: WorkerRuntime, engine: Any, queue: 
 
 
 async def apply_item_records(runtime: WorkerRuntime, engine: Any, records: list[Any]) -> None:
-    """Items (either reader): decode and apply a batch on the items thread, or stage it."""
-    s = runtime.settings
+    """Items (the in-process readers): decode and apply a batch on the items thread, or stage it."""
     valid, sources = await _validate(runtime, records, decode_item, off_loop=True)
+    await apply_valid_items(runtime, engine, records, valid, sources)
+
+
+async def apply_valid_items(runtime: WorkerRuntime, engine: Any, records: list[Any], valid: list[Any],
+                            sources: list[SourcePos]) -> None:
+    """Decoded item events (with the records they came from): apply them on the items thread, or
+    stage them. The items reader process (``streams.items_reader``) decodes in the child and
+    enters here; a failing engine call dead-letters the valid records (``apply_batch``)."""
+    s = runtime.settings
     if not valid or await _staged(runtime, engine, "items", valid, sources):
         return
     t0 = time.perf_counter()
@@ -135,7 +128,7 @@ async def drain_when_idle(runtime: WorkerRuntime) -> None:
 
 def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
     """The agents; the interactions and items ones only with ``interactions_consumer="faust"``
-    / ``items_consumer="faust"`` (else ``streams.batch_consumer`` reads those topics)."""
+    / ``items_consumer="faust"`` (else ``streams.batch_consumer`` or ``streams.items_reader`` reads them)."""
     s = runtime.settings
     if s.interactions_consumer == "faust":
         _register_interactions_agent(app, runtime, topics)

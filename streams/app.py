@@ -21,6 +21,7 @@ from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
 from streams.http_server import HttpServer, deliver_on
 from streams.batch_consumer import BatchConsumer, InteractionsConsumer, ItemsConsumer, group_id
+from streams.items_reader import ItemsReaderProcess
 from streams.membership import current_member_id, rejoin_as_previous_member, watch_member
 from streams.runtime import WorkerRuntime
 from streams.views import build_web_app
@@ -130,6 +131,10 @@ def create_app(settings: Settings) -> faust.App:
         for cls, how in ((InteractionsConsumer, settings.interactions_consumer), (ItemsConsumer, settings.items_consumer))
         if how == "batch"
     ]
+    # The items reader process joins its group (and rejoins as its predecessor) itself.
+    readers: list[BatchConsumer | ItemsReaderProcess] = list(batch_consumers)
+    if settings.items_consumer == "process":
+        readers.append(app.add_dependency(ItemsReaderProcess(app, runtime, topics["items"])))
     http = HttpServer(build_web_app(runtime, deliver_on(lambda: app.loop, topics)), settings.web_host,
                       settings.web_port)
     app.towerstream_http = http  # type: ignore[attr-defined]
@@ -214,7 +219,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect
     async def final_checkpoint(app: faust.App, **kwargs: Any) -> None:
-        for consumer in batch_consumers:  # each one's batch in flight durable, offsets committed, group left
+        for consumer in readers:  # each one's batch in flight durable, offsets committed, group left
             with contextlib.suppress(Exception):
                 await consumer.close()
         with contextlib.suppress(Exception):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -35,12 +35,13 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from streams.agents import apply_interaction_records, apply_item_records
 from streams.kafka_auth import aiokafka_kwargs
 from streams.membership import watch_member
-from streams.runtime import WorkerRuntime
-from streams.training_queue import TrainingQueue
 from towerstream.settings import Settings
+
+if TYPE_CHECKING:  # the engine side, imported where used: the items reader's child process has no torch
+    from streams.runtime import WorkerRuntime
+    from streams.training_queue import TrainingQueue
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +101,10 @@ class BatchConsumer(Service):  # type: ignore[misc]
 
     async def on_stop(self) -> None:
         await self.close()
+
+    def begin(self) -> None:
+        """Start reading without a Faust app around it (the items reader's child process)."""
+        self._task = asyncio.ensure_future(self._run())
 
     # ----- consuming --------------------------------------------------------------------------
     def _fetch_min_bytes(self) -> int:
@@ -287,12 +292,16 @@ class InteractionsConsumer(BatchConsumer):
     queue: TrainingQueue
 
     def _prepare(self, engine: Any) -> None:
+        from streams.training_queue import TrainingQueue
+
         s = self.settings
         self.queue = self.runtime.training_queue = TrainingQueue(
             self.runtime, engine, s.topic(self.name), max_events=s.train_batch_max,
             max_pending=s.train_queue_max, merge_after=s.train_merge_after)
 
     async def _process(self, engine: Any, records: list[ConsumerRecord]) -> None:
+        from streams.agents import apply_interaction_records
+
         await apply_interaction_records(self.runtime, engine, self.queue, records)
 
 
@@ -305,6 +314,8 @@ class ItemsConsumer(BatchConsumer):
         return self.settings.items_fetch_min_bytes
 
     async def _process(self, engine: Any, records: list[ConsumerRecord]) -> None:
+        from streams.agents import apply_item_records
+
         await apply_item_records(self.runtime, engine, records)
 
 

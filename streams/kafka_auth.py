@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any
-
-import faust
+from typing import TYPE_CHECKING, Any
 
 from towerstream.settings import Settings
+
+if TYPE_CHECKING:  # faust is imported where it is used: the items reader's child process has no Faust
+    import faust
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -19,7 +20,9 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+def faust_credentials(settings: Settings) -> "faust.types.auth.CredentialsT | None":
+    import faust
+
     proto = settings.security_protocol
     if proto == "PLAINTEXT":
         return None

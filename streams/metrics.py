@@ -34,6 +34,9 @@ RECOMMEND_SECONDS = Histogram(
     "towerstream_recommend_seconds", "Time to answer one recommendation request", ["source"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+ITEMS_READER_RESTARTS = Counter(
+    "towerstream_items_reader_restarts_total", "Times the items reader's child process exited and was started again"
+)
 SERVED_OFF_LOOP = Counter(
     "towerstream_served_off_loop_total", "Queries answered on a serving thread because a lock was held (see serve_inline_wait_ms)"
 )

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 import structlog
 
 from streams import metrics
+from streams.dead_letters import dead_letter_of
 from towers import TowerConfig
 from index_store import WouldBlock
 from towerstream.engine import Engine, EngineConfig
-from towerstream.events import DeadLetter, encode
 from towerstream.heap import trim_heap
 from towerstream.query_priority import QueryPriority
 from towerstream.settings import Settings
@@ -192,14 +192,7 @@ class WorkerRuntime:
         record's position and counted (``towerstream_dead_letter_failures_total``); the agent goes on.
         """
         reason = reason[:2000]
-        value = message.value if isinstance(message.value, (bytes, bytearray)) else (
-            b"" if message.value is None else str(message.value).encode())
-        key = message.key if isinstance(message.key, (bytes, bytearray)) or message.key is None else str(message.key).encode()
-        dl = DeadLetter.from_raw(
-            topic=message.topic, partition=message.partition, offset=message.offset, key=key,
-            value=bytes(value), reason=reason, error_kind=kind, received_at_ms=int(time.time() * 1000),
-            event_id=event_id,
-        )
+        key, value = dead_letter_of(message, reason, kind, event_id)
         metrics.DEAD_LETTERS.labels(message.topic, kind).inc()
         log.warning("dead_letter", topic=message.topic, partition=message.partition, offset=message.offset,
                     event_id=event_id, kind=kind, reason=reason[:300])
@@ -211,7 +204,7 @@ class WorkerRuntime:
                 log.error("dead_letter_not_delivered", error=repr(fut.exception())[:300], **where)
 
         try:
-            fut = await self.dead_letter_topic.send(key=key, value=encode(dl))
+            fut = await self.dead_letter_topic.send(key=key, value=value)
         except Exception as exc:  # noqa: BLE001 - e.g. a record over the producer's size limit
             metrics.DEAD_LETTER_FAILURES.inc()
             log.error("dead_letter_not_sent", error=repr(exc)[:300], **where)

@@ -53,10 +53,15 @@ class Settings(BaseSettings):
     #: (streams/batch_consumer.py). "faust": a Faust agent in Faust's group, as before; its
     #: per-event Message/Event/ack machinery costs ~200-400 us of Python per event.
     interactions_consumer: Literal["batch", "faust"] = "batch"
-    #: How the items topic is read: "batch" (default, ``streams.batch_consumer``, group
-    #: "<app_id>-items": no per-event Faust work on the event loop, 1,000 upserts/s took the GIL
-    #: from queries there) or "faust" (an agent in Faust's group).
-    items_consumer: Literal["batch", "faust"] = "batch"
+    #: How the items topic is read, always in the group "<app_id>-items" unless "faust":
+    #: "process" (default): a child process fetches, decodes and dead-letters, the worker applies
+    #: (``streams.items_reader``), so reading items does not hold the GIL that queries need;
+    #: "batch": the same reader inside the worker (``streams.batch_consumer``); "faust": an agent
+    #: in Faust's group, with Faust's per-event work on its event loop.
+    items_consumer: Literal["process", "batch", "faust"] = "process"
+    #: Niceness added to the items reader's child process (0-19): higher leaves more CPU to the
+    #: worker's queries when cores are short, at some cost in item freshness.
+    items_reader_nice: int = Field(default=0, ge=0, le=19)
     #: The items reader's fetch waits (up to ``consumer_max_fetch_wait_ms``) for this many bytes:
     #: 65536 gives fewer, larger batches and ~10% less ingestion CPU at 1,000 upserts/s, but on
     #: Tansu (fetches wait their whole wait) added ~40 ms to item freshness p50; 1 by default.

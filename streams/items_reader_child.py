@@ -1,0 +1,218 @@
+"""The items reader's child process: fetches and decodes the items topic apart from the worker.
+
+Why: in the worker, reading 1,000 item upserts/s cost ~0.11 cores of Faust's event loop
+(aiokafka's fetches and record unpacking) plus ~13 us of pydantic per item, all of it holding
+the GIL that the queries served beside it need (p99 of ``/recommend`` at 100k items: 4.6 ms
+idle, 12 ms under those upserts). Here a process of its own does the fetching, decoding and
+dead-lettering, keeps the group membership and commits the offsets; the worker receives decoded
+events over a pipe, applies them (RocksDB, towers, Faiss) and acknowledges. A batch's offsets
+count as done only after that acknowledgement, as with the in-process reader
+(``streams.batch_consumer``, whose consuming and offset logic this reuses unchanged).
+
+Started by the worker (``streams.items_reader``) with ``main([.., FD])``, FD one end of a socket
+pair. Messages (pickled tuples, ``multiprocessing.connection``):
+
+- worker -> child: ``("settings", Settings)`` first; ``("ready", offsets)`` once the engine is
+  open (what its RocksDB holds per ``"topic:partition"``); ``("applied", offsets)`` or
+  ``("retry", reason)`` for each batch; ``("stop",)``.
+- child -> worker: ``("batch", events, sources, records, dead_letters, failures)`` and waits
+  for the answer (the dead letters and refused ones since the last batch, for its /metrics); ``("stopped",)`` before it exits.
+
+The child never outlives the worker: it exits when the pipe closes, and the kernel kills it
+when the worker dies (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from streams.batch_consumer import BatchConsumer, group_id
+from streams.dead_letters import dead_letter_of
+from streams.decoding import Record, decode_all
+from streams.kafka_auth import aiokafka_kwargs
+from streams.membership import rejoin_as_previous_member
+from towerstream.events import decode_item
+from towerstream.events.deadletter import MAX_RECORD_BYTES
+from towerstream.logs import configure_logging
+from towerstream.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class ParentLink:
+    """The child's end of the pipe. A thread reads it, so the event loop never blocks on it."""
+
+    def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self.conn, self.loop = conn, loop
+        self.ready: asyncio.Future[dict[str, int]] = loop.create_future()
+        self.stop = asyncio.Event()
+        self._reply: asyncio.Future[tuple[Any, ...]] | None = None
+        threading.Thread(target=self._read, name="worker-link", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                # The worker is gone: nothing read from now on could be applied. What it
+                # acknowledged is committed every second; the rest is read again by its successor.
+                os._exit(0)
+            self.loop.call_soon_threadsafe(self._dispatch, msg)
+
+    def _dispatch(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "ready" and not self.ready.done():
+            self.ready.set_result(dict(msg[1]))
+        elif kind in ("applied", "retry") and self._reply is not None and not self._reply.done():
+            self._reply.set_result(msg)
+        elif kind == "stop":
+            self.stop.set()
+
+    async def apply(self, payload: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Hand a batch to the worker and wait until it has applied it (one batch at a time)."""
+        self._reply = self.loop.create_future()
+        self.conn.send(payload)
+        return await self._reply
+
+
+class DurableOffsets:
+    """Stands in for the engine in ``BatchConsumer``: what the worker's RocksDB holds."""
+
+    def __init__(self, offsets: dict[str, int]) -> None:
+        self.offsets = offsets
+
+
+class ChildRuntime:
+    """Stands in for ``WorkerRuntime`` in ``BatchConsumer``: readiness and dead letters."""
+
+    def __init__(self, settings: Settings, link: ParentLink, producer: AIOKafkaProducer) -> None:
+        self.settings, self.link, self.producer = settings, link, producer
+        #: (source topic, error kind) of the dead letters sent since the last batch went to the
+        #: worker, which counts them on its /metrics.
+        self.dead: list[tuple[str, str]] = []
+        #: Dead letters the broker refused since then (``towerstream_dead_letter_failures_total``).
+        self.failures = 0
+
+    async def wait_ready(self) -> DurableOffsets:
+        return DurableOffsets(await self.link.ready)
+
+    async def dead_letter(self, message: Any, reason: str, kind: str, event_id: str | None = None) -> None:
+        """As ``WorkerRuntime.dead_letter``, with this process's producer; never raises."""
+        key, value = dead_letter_of(message, reason, kind, event_id)
+        self.dead.append((message.topic, kind))
+        where = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+        log.warning("dead_letter", event_id=event_id, kind=kind, reason=reason[:300], **where)
+
+        def delivered(fut: Any) -> None:
+            if not fut.cancelled() and fut.exception() is not None:
+                self.failures += 1
+                log.error("dead_letter_not_delivered", error=repr(fut.exception())[:300], **where)
+
+        try:
+            fut = await self.producer.send(self.settings.topic("dead-letters"), value=value, key=key)
+        except Exception as exc:  # noqa: BLE001 - e.g. a record over the producer's size limit
+            self.failures += 1
+            log.error("dead_letter_not_sent", error=repr(exc)[:300], **where)
+        else:
+            fut.add_done_callback(delivered)
+
+
+class _App:
+    """``BatchConsumer`` flushes ``app.producer`` before committing offsets (dead letters first)."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+
+
+class _DeclaredTopic:
+    """The worker declares the items topic before it starts this process."""
+
+    async def maybe_declare(self) -> None:
+        return None
+
+
+class ForwardingItemsConsumer(BatchConsumer):
+    """``BatchConsumer`` whose batches are decoded here and applied by the worker."""
+
+    name = "items"
+    runtime: ChildRuntime  # type: ignore[assignment]
+
+    def _fetch_min_bytes(self) -> int:
+        return self.settings.items_fetch_min_bytes
+
+    async def _process(self, engine: Any, records: list[Any]) -> None:
+        events, sources, originals = [], [], []
+        for msg, ev in zip(records, decode_all(records, decode_item)):
+            if isinstance(ev, tuple):
+                await self.runtime.dead_letter(msg, ev[0], ev[1])
+            else:
+                events.append(ev)
+                sources.append((msg.topic, msg.partition, msg.offset))
+                originals.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+        rt = self.runtime
+        dead, failures, rt.dead, rt.failures = rt.dead, rt.failures, [], 0
+        reply = await rt.link.apply(("batch", events, sources, originals, dead, failures))
+        if reply[0] != "applied":  # BatchConsumer reads the batch again after a second
+            raise RuntimeError(f"the worker did not apply the batch: {reply[1]}")
+        engine.offsets.update(reply[1])
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel sends SIGKILL to this process when the worker dies (even by SIGKILL)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+async def _started_producer(settings: Settings) -> AIOKafkaProducer:
+    delay = 0.5
+    while True:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap, client_id=group_id(settings, "items"), acks="all",
+            max_request_size=MAX_RECORD_BYTES, **aiokafka_kwargs(settings))
+        try:
+            await producer.start()
+            return producer
+        except KafkaError as exc:
+            log.warning("items_reader_producer_start_failed", error=repr(exc)[:300], retry_in_s=delay)
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def serve(settings: Settings, conn: Connection) -> None:
+    link = ParentLink(conn, asyncio.get_running_loop())
+    producer = await _started_producer(settings)
+    runtime = ChildRuntime(settings, link, producer)
+    consumer = ForwardingItemsConsumer(_App(producer), runtime, _DeclaredTopic())
+    consumer.begin()
+    await link.stop.wait()
+    await consumer.close()  # the batch in flight is applied, done offsets committed, group left
+    with contextlib.suppress(Exception):
+        await producer.stop()
+    conn.send(("stopped",))
+
+
+def main(argv: list[str]) -> None:
+    _die_with_parent()
+    conn = Connection(int(argv[1]))
+    kind, settings = conn.recv()
+    assert kind == "settings", kind
+    configure_logging(settings.log_level, settings.log_json)
+    if settings.items_reader_nice:
+        os.nice(settings.items_reader_nice)
+    rejoin_as_previous_member(settings, group_id(settings, "items"))  # as the worker does for its groups
+    structlog.contextvars.bind_contextvars(process="items-reader")
+    asyncio.run(serve(settings, conn))
+
