@@ -265,10 +265,35 @@ def rss_mib(pid: int) -> dict[str, float]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (s), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def child_pids(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (the worker's items reader), from /proc."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def children_rss_mib(pid: int) -> float:
+    """VmRSS of ``pid``'s live children together (MiB)."""
+    return sum(rss_mib(c).get("VmRSS", 0.0) for c in child_pids(pid) if Path(f"/proc/{c}").exists())
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU time of a process so far (s), from /proc/<pid>/stat; with its live
+    children's (the worker's items reader process) unless ``children`` is False."""
+    total = 0.0
+    for p in [pid] + (child_pids(pid) if children else []):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 class KeepAlive:

@@ -39,6 +39,7 @@ from bench._common import (  # noqa: E402
     health,
     interaction_stream,
     item_json,
+    children_rss_mib,
     rss_mib,
     shared_note,
     start_broker,
@@ -120,6 +121,7 @@ def one_run(broker: Any, state: Path | None, meta: dict[str, Any], run: int, arg
         ready_s = time.monotonic() - t0
         time.sleep(3.0)
         rss_ready = rss_mib(w.proc.pid)
+        reader_ready = children_rss_mib(w.proc.pid)
         items = meta.get("items", 0) or 1000
         users = meta.get("users", 0) or 1000
         prod = bulk_producer(settings, linger_ms=5, batch_size=64 * 1024)
@@ -147,11 +149,15 @@ def one_run(broker: Any, state: Path | None, meta: dict[str, Any], run: int, arg
         time.sleep(2.0)
         h = health(w.base_url)
         rss_traffic = rss_mib(w.proc.pid)
+        reader_traffic = children_rss_mib(w.proc.pid)
     finally:
         w.kill()
         shutil.rmtree(data, ignore_errors=True)
     return {"ready_s": ready_s, "rss_ready_mib": rss_ready.get("VmRSS"), "rss_after_traffic_mib": rss_traffic.get("VmRSS"),
-            "hwm_mib": rss_traffic.get("VmHWM"), "items_indexed": h.get("items_indexed"),
+            "hwm_mib": rss_traffic.get("VmHWM"),
+            # The items reader process (ITEMS_CONSUMER=process) beside the worker, not in its RSS.
+            "reader_rss_ready_mib": reader_ready, "reader_rss_after_traffic_mib": reader_traffic,
+            "items_indexed": h.get("items_indexed"),
             "users_known": h.get("users_known"), "trained_total": h.get("trained_total")}
 
 
@@ -186,14 +192,16 @@ def main() -> None:
             runs.append(r)
             print(f"run {run}: rss {r['rss_ready_mib']:.0f} MiB when ready ({r['ready_s']:.0f}s), "
                   f"{r['rss_after_traffic_mib']:.0f} MiB after {args.traffic_s:.0f}s of traffic, peak {r['hwm_mib']:.0f} MiB; "
-                  f"{r['items_indexed']:,.0f} items, {r['users_known']:,.0f} users", flush=True)
+                  f"{r['items_indexed']:,.0f} items, {r['users_known']:,.0f} users; items reader process "
+                  f"{r['reader_rss_ready_mib']:.0f} / {r['reader_rss_after_traffic_mib']:.0f} MiB", flush=True)
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
-    keys = ("rss_ready_mib", "rss_after_traffic_mib", "hwm_mib", "ready_s")
+    keys = ("rss_ready_mib", "rss_after_traffic_mib", "hwm_mib", "ready_s", "reader_rss_after_traffic_mib")
     summary = {k: summarize([r[k] for r in runs]) for k in keys}
     print(f"worker at {args.items:,} items / {args.users:,} users: RSS {fmt(summary['rss_ready_mib'], ' MiB', 0)} ready,"
           f" {fmt(summary['rss_after_traffic_mib'], ' MiB', 0)} after traffic, peak {fmt(summary['hwm_mib'], ' MiB', 0)};"
+          f" items reader process {fmt(summary['reader_rss_after_traffic_mib'], ' MiB', 0)} after traffic;"
           f" median (min-max) over {len(runs)} runs")
     payload = {"benchmark": "memory", "env": env, "params": vars(args) | {"out": str(args.out)},
                "state": {k: v for k, v in meta.items() if k != "truth"}, "breakdown_mib": parts,

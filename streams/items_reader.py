@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pickle
 import socket
 import subprocess
 import sys
@@ -104,11 +105,17 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         while True:
             try:
-                msg = await loop.run_in_executor(self._link, conn.recv)
+                msg = await loop.run_in_executor(self._link, self._receive, conn)
             except (EOFError, OSError):
                 return
             if msg[0] == "batch":
                 conn.send(await self._apply(engine, *msg[1:]))
+
+    def _receive(self, conn: Connection) -> Any:
+        """The next message; a query running meanwhile goes first (the unpickling holds the GIL)."""
+        data = conn.recv_bytes()
+        self.runtime.priority.pause()
+        return pickle.loads(data)
 
     async def _apply(self, engine: Any, events: list[Any], sources: list[tuple[str, int, int]],
                      records: list[Any], dead: list[tuple[str, str]], failures: int) -> tuple[Any, ...]:

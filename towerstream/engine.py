@@ -137,6 +137,11 @@ class Committed:
 _STAGE_RANK = {"items": 0, "users": 1, "interactions": 2}
 
 
+#: Item batches call ``Engine.pause`` every this many events (and between their stages): a query
+#: that starts meanwhile then waits at most that much item work (~16 x 10-20 us) for the GIL.
+PAUSE_EVERY = 16
+
+
 def _no_pause() -> None:
     pass
 
@@ -460,6 +465,8 @@ class Engine:
         keys = [self._item_event_key(ev) for ev in events]
         known = self.store.get_many(keys)  # one MultiGet: single misses cost up to 0.6 ms each
         for n, ev in enumerate(events):
+            if n % PAUSE_EVERY == PAUSE_EVERY - 1:
+                self.pause()
             key = keys[n]
             if known[n] is not None or key in newest:
                 res.duplicates.append(ev.item_id)
@@ -479,13 +486,15 @@ class Engine:
             fresh_src.append(sources[n] if sources else None)
         if not fresh:
             return res
+        for n, (ev, src) in enumerate(zip(fresh, fresh_src)):  # before the lock: interaction commits wait for it
+            if n % PAUSE_EVERY == PAUSE_EVERY - 1:
+                self.pause()
+            record = {"deleted": isinstance(ev, ItemDelete), "ts": epoch_ms(ev.ts),
+                      "event": ev.model_dump(mode="json"), "model_version": self.model_version,
+                      "source": [src.topic, src.partition, src.offset] if src else None}
+            self.store.put_json("item:" + ev.item_id, record, batch=batch)
         with self.commit_lock:
             self.items.get_or_create([e.item_id for e in fresh], batch=batch)
-            for ev, src in zip(fresh, fresh_src):
-                record = {"deleted": isinstance(ev, ItemDelete), "ts": epoch_ms(ev.ts),
-                          "event": ev.model_dump(mode="json"), "model_version": self.model_version,
-                          "source": [src.topic, src.partition, src.offset] if src else None}
-                self.store.put_json("item:" + ev.item_id, record, batch=batch)
             self._journal(batch, "items", fresh, fresh_src)
             self.pause()
             self.store.write(batch)
@@ -508,20 +517,29 @@ class Engine:
         # Growing arrays replaces them, which must not race a train step's use of them.
         grows = top >= len(self.live) or top >= self.trainer.item_capacity()
         with self.lock if grows else contextlib.nullcontext(), self.items_lock:
-            return self._apply_items_locked(last, row_of)
+            # Queries never take the items lock, but one may need the engine lock: no waits under it.
+            return self._apply_items_locked(last, row_of, _no_pause if grows else self.pause)
 
     def _apply_items_locked(
-        self, last: Mapping[str, ItemUpsert | ItemDelete], row_of: Mapping[str, int]
+        self, last: Mapping[str, ItemUpsert | ItemDelete], row_of: Mapping[str, int], pause: Callable[[], None]
     ) -> tuple[int, int]:
         ups = [e for e in last.values() if isinstance(e, ItemUpsert)]
         dels = [e for e in last.values() if isinstance(e, ItemDelete)]
         if ups:
             rows = np.array([row_of[e.item_id] for e in ups], dtype=np.int64)
             self._ensure_rows(int(rows.max()))
-            self.trainer.set_items(rows, ups)
-            self._upsert_vectors(rows, self.trainer.embed_items(rows))
+            for at in range(0, len(ups), PAUSE_EVERY):
+                if at:
+                    pause()
+                self.trainer.set_items(rows[at:at + PAUSE_EVERY], ups[at:at + PAUSE_EVERY])
+            pause()
+            vectors = self.trainer.embed_items(rows)
+            pause()
+            self._upsert_vectors(rows, vectors)
             self.live[rows] = True
-            for r, e in zip(rows.tolist(), ups):
+            for n, (r, e) in enumerate(zip(rows.tolist(), ups)):
+                if n % PAUSE_EVERY == PAUSE_EVERY - 1:
+                    pause()
                 self.item_ts[r] = epoch_ms(e.ts)
                 self.attributes.set(r, e.categories, e.creator)
         if dels:

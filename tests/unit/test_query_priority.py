@@ -11,11 +11,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streams.runtime import WorkerRuntime
 from towers import TowerConfig
-from towerstream.engine import Engine, EngineConfig
+from towerstream.engine import PAUSE_EVERY, Engine, EngineConfig
 from towerstream.events import ItemUpsert
 from towerstream.query_priority import PausingSelector, QueryPriority, pause_loop_for_queries
 from towerstream.settings import Settings
@@ -149,13 +150,49 @@ def test_a_loop_without_a_selector_is_reported_not_wrapped() -> None:
     assert pause_loop_for_queries(NoSelectorLoop(), QueryPriority()) is False
 
 
-def test_an_item_batch_pauses_for_a_query_before_its_write_and_its_upsert(tmp_path: Path) -> None:
+def test_an_item_batch_pauses_for_a_query_every_few_events_and_before_its_write_and_its_upsert(tmp_path: Path) -> None:
     eng = Engine.open(tmp_path, EngineConfig(tower=TowerConfig(dim=16, hidden=32, seed=1), index_kind="flat"))
-    calls: list[tuple[bool, int]] = []  # (durable yet?, items searchable) at each pause
-    eng.pause = lambda: calls.append((eng.item_record("i0") is not None, len(eng.index)))
-    res = eng.apply_items([ItemUpsert(item_id=f"i{i}", title=f"t{i}", categories=["g"], ts=T0) for i in range(5)])
-    assert res.upserted == 5
-    assert calls == [(False, 0), (True, 0)]  # before the RocksDB write, then before the index upsert
+    n = 40
+    eng.apply_items([ItemUpsert(item_id=f"i{i}", title=f"t{i}", categories=["g"], ts=T0) for i in range(n)])
+    row0 = eng.items.get("i0")
+    before = eng.index.get([row0]).copy()
+    calls: list[tuple[bool, bool, bool]] = []  # (durable yet?, i0 re-embedded yet?, its time and attributes yet?)
+
+    def probe() -> None:
+        rec = eng.item_record("i0")
+        calls.append((rec is not None and rec["event"]["title"] == "new",
+                      not np.allclose(eng.index.get([row0]), before), eng.item_ts.get(row0) == later))
+
+    eng.pause = probe
+    later = T0 + 1000
+    res = eng.apply_items([ItemUpsert(item_id=f"i{i}", title="new", text=f"other words {i}", categories=["h"], ts=later)
+                           for i in range(n)])
+    assert res.upserted == n
+    every = PAUSE_EVERY
+    assert every < n
+    checks = n // every  # pauses within each per-event loop of n events
+    want = ([(False, False, False)] * (2 * checks + 1)  # dedup loop, record building, before the RocksDB write
+            + [(True, False, False)] * (1 + (-(-n // every) - 1) + 2)  # before the items stage, between feature
+            # chunks, before the tower forward, before the index upsert
+            + [(True, True, True)] * checks)  # within the attributes loop (i0 is the first one set)
+    assert calls == want
+    eng.close()
+
+
+def test_a_batch_that_grows_the_tables_does_not_pause_under_the_engine_lock(tmp_path: Path) -> None:
+    eng = Engine.open(tmp_path, EngineConfig(tower=TowerConfig(dim=16, hidden=32, seed=1), index_kind="flat"))
+    held: list[bool] = []
+
+    def probe() -> None:  # would a query that needs the engine lock get it now?
+        got: list[bool] = []
+        t = threading.Thread(target=lambda: got.append(eng.lock.acquire(timeout=0) and (eng.lock.release() or True)))
+        t.start()
+        t.join()
+        held.append(not got[0])
+
+    eng.pause = probe
+    eng.apply_items([ItemUpsert(item_id=f"i{i}", title=f"t{i}", categories=["g"], ts=T0) for i in range(40)])
+    assert len(eng.index) == 40 and held and not any(held), held
     eng.close()
 
 
