@@ -20,7 +20,7 @@ mkdir -p "$root/bench/.cache"
 rm -rf "$wt/bench/.cache" && ln -s "$root/bench/.cache" "$wt/bench/.cache"
 for i in $(seq 1 "$pairs"); do
   echo "== $base, pair $i"
-  (cd "$wt" && PYTHONPATH="$wt" "$py" bench/query_latency.py --items "$items" --runs 1 --out "$(mktemp -d)" | grep -E '^run')
+  (cd "$wt" && PYTHONPATH="$wt" "$py" bench/query_latency.py --items "$items" --runs 1 --out "$(mktemp -d)/query_latency.json" | grep -E '^run')
   echo "== working tree ($(git -C "$root" rev-parse --short HEAD)), pair $i"
-  (cd "$root" && "$py" bench/query_latency.py --items "$items" --runs 1 --out "$(mktemp -d)" | grep -E '^run')
+  (cd "$root" && "$py" bench/query_latency.py --items "$items" --runs 1 --out "$(mktemp -d)/query_latency.json" | grep -E '^run')
 done

@@ -27,7 +27,7 @@ from streams.runtime import WorkerRuntime
 from streams.views import build_web_app
 from towerstream.events.deadletter import MAX_RECORD_BYTES
 from towerstream.logs import configure_logging, undo_spinner_debug_level
-from towerstream.query_priority import pause_loop_for_queries
+from towerstream.query_priority import pause_loop_for_queries, serving_loop_counts_as_query
 from towerstream.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -135,8 +135,12 @@ def create_app(settings: Settings) -> faust.App:
     readers: list[BatchConsumer | ItemsReaderProcess] = list(batch_consumers)
     if settings.items_consumer == "process":
         readers.append(app.add_dependency(ItemsReaderProcess(app, runtime, topics["items"])))
+    def serving_first(loop: asyncio.AbstractEventLoop) -> None:
+        if settings.query_priority_wait_ms > 0 and not serving_loop_counts_as_query(loop, runtime.priority):
+            log.warning("query_priority_not_on_http_loop", reason="the event loop has no selector to wrap")
+
     http = HttpServer(build_web_app(runtime, deliver_on(lambda: app.loop, topics)), settings.web_host,
-                      settings.web_port)
+                      settings.web_port, prepare_loop=serving_first)
     app.towerstream_http = http  # type: ignore[attr-defined]
     try:
         from streams.drift_task import register_drift

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -25,8 +25,11 @@ log = structlog.get_logger(__name__)
 class HttpServer:
     """Serves an aiohttp application on ``host:port`` from a daemon thread with its own loop."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(self, app: web.Application, host: str, port: int,
+                 prepare_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None) -> None:
         self.app, self.host, self.port = app, host, port
+        #: Called with the thread's loop before it serves (queries first: ``towerstream.query_priority``).
+        self.prepare_loop = prepare_loop
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started: Future[None] = Future()
@@ -42,6 +45,8 @@ class HttpServer:
     def _main(self) -> None:
         loop = self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        if self.prepare_loop is not None:
+            self.prepare_loop(loop)
         try:
             loop.run_until_complete(self._serve())
         finally:

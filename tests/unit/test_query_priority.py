@@ -7,6 +7,7 @@ and generous bounds, not speeds.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,13 @@ from streams.runtime import WorkerRuntime
 from towers import TowerConfig
 from towerstream.engine import PAUSE_EVERY, Engine, EngineConfig
 from towerstream.events import ItemUpsert
-from towerstream.query_priority import PausingSelector, QueryPriority, pause_loop_for_queries
+from towerstream.query_priority import (
+    PausingSelector,
+    QueryPriority,
+    ServingSelector,
+    pause_loop_for_queries,
+    serving_loop_counts_as_query,
+)
 from towerstream.settings import Settings
 
 T0 = 1_700_000_000_000
@@ -141,6 +148,51 @@ def test_an_event_loop_runs_no_callback_while_a_query_runs() -> None:
         assert left_at and ran_at and ran_at[0] >= left_at[0]
     finally:
         loop.close()
+
+
+def test_a_serving_loop_counts_as_a_query_from_io_until_it_is_idle() -> None:
+    """The HTTP thread's loop: a request's whole burst of work (read, the handler's follow-up
+    callbacks, the write) counts as a query; background waits end when the loop goes idle."""
+    priority = QueryPriority(10.0)
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    seen: list[int] = []  # queries counted at each step of the burst
+    done = threading.Event()
+
+    def on_readable() -> None:  # a request arrives: the handler continues in later callbacks
+        ours.recv(100)
+        seen.append(priority.active)
+        loop.call_soon(lambda: (seen.append(priority.active), loop.call_soon(finish)))
+
+    def finish() -> None:
+        seen.append(priority.active)
+        ours.send(b"answer")
+        done.set()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.add_reader(ours.fileno(), on_readable)
+        loop.run_forever()
+
+    try:
+        assert serving_loop_counts_as_query(loop, priority)
+        assert serving_loop_counts_as_query(loop, priority)  # idempotent: not wrapped twice
+        assert not isinstance(loop._selector._inner, ServingSelector)  # type: ignore[attr-defined]
+        server = threading.Thread(target=serve)
+        server.start()
+        time.sleep(0.1)
+        assert priority.active == 0  # idle in select: no query
+        theirs.send(b"request")
+        assert done.wait(5)
+        priority.pause()  # waits (without the bound, 10 s) until the loop has gone idle again
+        assert seen == [1, 1, 1] and priority.active == 0
+        assert theirs.recv(100) == b"answer"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        server.join(5)
+        loop.close()
+        ours.close()
+        theirs.close()
 
 
 def test_a_loop_without_a_selector_is_reported_not_wrapped() -> None:
