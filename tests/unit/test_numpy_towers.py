@@ -75,3 +75,23 @@ def test_numpy_and_pytorch_item_towers_give_the_same_vectors() -> None:
 
     big = np.resize(rows, trainer_module.NUMPY_ITEMS_MAX + 1)
     np.testing.assert_allclose(tr.embed_items(big)[:60], got, atol=2e-6)
+
+
+def test_cached_weight_views_follow_training_and_table_growth() -> None:
+    """``numpy_towers`` keeps numpy views of the parameters between queries: a train step (in
+    place) and a grown id table (a new parameter) must both show in the next query."""
+    tr = trained()
+    rows = np.array([3, 7])
+    before = tr.embed_users(rows)
+    tr.learn_batch(np.array([3, 7] * 8), np.arange(16))  # in-place updates of the same parameters
+    after = tr.embed_users(rows)
+    assert not np.allclose(before, after, atol=1e-6)
+    np.testing.assert_allclose(after, torch_vectors(tr, rows), atol=2e-6)
+    old = tr.model.user_id.weight
+    tr.ensure_users(tr.model.user_id.capacity * 2)  # grows: a new parameter, a new view
+    assert tr.model.user_id.weight is not old
+    with torch.no_grad():
+        tr.model.user_id.weight[7] += 0.5  # changes only the new table
+    grown = tr.embed_users(rows)
+    assert not np.allclose(grown[1], after[1], atol=1e-4)
+    np.testing.assert_allclose(grown, torch_vectors(tr, rows), atol=2e-6)
