@@ -123,19 +123,19 @@ class ServingSelector:
 
 def serving_loop_counts_as_query(loop: Any, priority: QueryPriority) -> bool:
     """Make ``loop`` (the HTTP thread's selector event loop) count as a query while it works."""
-    selector = getattr(loop, "_selector", None)
-    if selector is None:
-        return False
-    if not isinstance(selector, ServingSelector):
-        loop._selector = ServingSelector(selector, priority)
-    return True
+    return _wrap_selector(loop, ServingSelector, priority)
 
 
 def pause_loop_for_queries(loop: Any, priority: QueryPriority) -> bool:
     """Make ``loop`` (an asyncio selector event loop) pause for queries; False if it cannot."""
+    return _wrap_selector(loop, PausingSelector, priority)
+
+
+def _wrap_selector(loop: Any, wrapper: type[ServingSelector] | type[PausingSelector], priority: QueryPriority) -> bool:
+    """Wrap ``loop``'s selector once (idempotent); False if the loop has none (not a selector loop)."""
     selector = getattr(loop, "_selector", None)
     if selector is None:
         return False
-    if not isinstance(selector, PausingSelector):
-        loop._selector = PausingSelector(selector, priority)
+    if not isinstance(selector, wrapper):
+        loop._selector = wrapper(selector, priority)
     return True

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from pydantic import BaseModel
 
 import tests.chaos as chaos
 from producers.kafka_config import client_config
@@ -56,18 +57,29 @@ def group_offsets(settings: Settings, group: str, topics: tuple[str, ...] = ("in
     return {f"{tp.topic}:{tp.partition}": om.offset for tp, om in got.items() if om.offset >= 0}
 
 
+def dead_letters(settings: Settings) -> dict[bytes, DeadLetter]:
+    """Every dead letter on the topic so far, by the original record's bytes."""
+    consumer = KafkaConsumer(settings.topic("dead-letters"), bootstrap_servers=settings.bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=3000, fetch_max_wait_ms=50, group_id=None)
+    try:
+        return {dl.original: dl for dl in (DeadLetter.model_validate_json(m.value) for m in consumer)}
+    finally:
+        consumer.close()
+
+
 def interactions(prefix: str, n: int, start: int = 0) -> list[Interaction]:
     now = datetime.now(timezone.utc)
     return [Interaction(event_id=f"{prefix}-{k}", user_id=f"u{k % 40}", item_id=f"i{k % 80}", ts=now)
             for k in range(start, start + n)]
 
 
-def send(settings: Settings, events: list[Interaction], raw: tuple[bytes, ...] = ()) -> None:
+def send(settings: Settings, events: Sequence[BaseModel], raw: tuple[bytes, ...] = (), topic: str = "interactions") -> None:
+    """Events (each to its own topic) and raw records to ``topic``, all acknowledged by the broker."""
     with EventProducer(settings) as prod:
         for ev in events:
-            prod.send_interaction(ev)
+            prod.send_event(ev)
         for value in raw:
-            prod.send_raw(settings.topic("interactions"), b"u1", value)
+            prod.send_raw(settings.topic(topic), b"u1", value)
         assert prod.flush(timeout=20).failed == 0
 
 
@@ -110,10 +122,7 @@ def test_batch_path_trains_serves_dead_letters_and_commits_only_durable_offsets(
     assert sum(group_offsets(settings, items_group, ("items",)).values()) == item_records > 0
     assert group_offsets(settings, settings.app_id, ("items",)) == {}
     # Dead letters: delivered, with position and reason, before their offsets were committed.
-    consumer = KafkaConsumer(settings.topic("dead-letters"), bootstrap_servers=settings.bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000, fetch_max_wait_ms=50, group_id=None)
-    letters = {dl.original: dl for dl in (DeadLetter.model_validate_json(m.value) for m in consumer)}
-    consumer.close()
+    letters = dead_letters(settings)
     assert set(letters) == set(bad), letters
     assert letters[bad[0]].error_kind == "not_json" and "required" in letters[bad[1]].reason
     assert all(dl.source_topic == settings.topic("interactions") and dl.offset is not None for dl in letters.values())

@@ -17,17 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer
-
-from producers.producer import EventProducer
 from producers.topics import ensure_topics
 from streams.batch_consumer import group_id
 from tests.chaos import durable_state
 from tests.conftest import worker_settings
-from tests.integration.test_interactions_consumer import group_offsets
+from tests.integration.test_interactions_consumer import dead_letters, group_offsets, send
 from tests.integration.test_spine import metric, wait_for
 from towerstream.broker import EmbeddedBroker
-from towerstream.events import DeadLetter, ItemUpsert
+from towerstream.events import ItemUpsert
 from towerstream.processes import WorkerProcess
 from towerstream.settings import Settings
 
@@ -46,13 +43,15 @@ def items(prefix: str, n: int, start: int = 0) -> list[ItemUpsert]:
                        categories=[f"genre{k % 4}"], ts=now) for k in range(start, start + n)]
 
 
-def send(settings: Settings, events: list[ItemUpsert], raw: tuple[bytes, ...] = ()) -> None:
-    with EventProducer(settings) as prod:
-        for ev in events:
-            prod.send_item(ev)
-        for value in raw:
-            prod.send_raw(settings.topic("items"), b"bad", value)
-        assert prod.flush(timeout=20).failed == 0
+@pytest.fixture()
+def ready(broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str,
+          start_worker: Callable[[Settings], WorkerProcess]) -> tuple[Settings, WorkerProcess]:
+    """A worker on fresh topics, ready (no periodic checkpoint in a test's time)."""
+    settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600)
+    ensure_topics(settings)
+    worker = start_worker(settings)
+    worker.wait_ready(90)
+    return settings, worker
 
 
 def reader_pids(worker: WorkerProcess) -> list[int]:
@@ -87,22 +86,16 @@ def gone(pid: int, timeout: float) -> bool:
 
 @pytest.mark.timeout(240)
 def test_the_reader_process_indexes_dead_letters_and_commits_only_applied_offsets(
-    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess]
+    ready: tuple[Settings, WorkerProcess], start_worker: Callable[[Settings], WorkerProcess]
 ) -> None:
-    settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600)
-    ensure_topics(settings)
-    worker = start_worker(settings)
-    worker.wait_ready(90)
+    settings, worker = ready
     assert len(reader_pids(worker)) == 1
     good = items("a", 60)
     bad = (b"not json at all", b'{"item_id": "x1"}')
-    send(settings, good, bad)
+    send(settings, good, bad, topic="items")
     wait_for(worker, lambda b: b.get("items_indexed", 0) >= len(good), timeout=60)
     # Dead letters come from the child's producer, with position and reason; the worker counts them.
-    consumer = KafkaConsumer(settings.topic("dead-letters"), bootstrap_servers=settings.bootstrap,
-                             auto_offset_reset="earliest", consumer_timeout_ms=3000, fetch_max_wait_ms=50, group_id=None)
-    letters = {dl.original: dl for dl in (DeadLetter.model_validate_json(m.value) for m in consumer)}
-    consumer.close()
+    letters = dead_letters(settings)
     assert set(letters) == set(bad), letters
     assert letters[bad[0]].error_kind == "not_json" and "title" in letters[bad[1]].reason
     assert all(dl.source_topic == settings.topic("items") and dl.offset is not None for dl in letters.values())
@@ -132,13 +125,8 @@ def test_the_reader_process_indexes_dead_letters_and_commits_only_applied_offset
 
 
 @pytest.mark.timeout(240)
-def test_a_killed_reader_is_started_again_and_no_item_is_lost(
-    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess]
-) -> None:
-    settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600)
-    ensure_topics(settings)
-    worker = start_worker(settings)
-    worker.wait_ready(90)
+def test_a_killed_reader_is_started_again_and_no_item_is_lost(ready: tuple[Settings, WorkerProcess]) -> None:
+    settings, worker = ready
     send(settings, items("a", 30))
     wait_for(worker, lambda b: b.get("items_indexed", 0) >= 30, timeout=60)
     (pid,) = reader_pids(worker)
@@ -153,13 +141,8 @@ def test_a_killed_reader_is_started_again_and_no_item_is_lost(
 
 
 @pytest.mark.timeout(120)
-def test_the_reader_never_outlives_its_worker(
-    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess]
-) -> None:
-    settings = worker_settings(broker, tmp_path / "data", topic_prefix)
-    ensure_topics(settings)
-    worker = start_worker(settings)
-    worker.wait_ready(90)
+def test_the_reader_never_outlives_its_worker(ready: tuple[Settings, WorkerProcess]) -> None:
+    _, worker = ready
     (pid,) = reader_pids(worker)
     worker.kill()  # SIGKILL: no shutdown code runs in the worker
     assert gone(pid, 10.0), f"items reader {pid} still running after its worker was killed"
