@@ -102,9 +102,10 @@ class BatchConsumer(Service):  # type: ignore[misc]
     async def on_stop(self) -> None:
         await self.close()
 
-    def begin(self) -> None:
+    def begin(self) -> asyncio.Future[None]:
         """Start reading without a Faust app around it (the items reader's child process)."""
         self._task = asyncio.ensure_future(self._run())
+        return self._task
 
     # ----- consuming --------------------------------------------------------------------------
     def _fetch_min_bytes(self) -> int:

@@ -79,7 +79,12 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         engine: Any = None
         while not self._closing:
-            proc, conn = self.proc, self._conn = self._spawn()
+            try:
+                proc, conn = self.proc, self._conn = self._spawn()
+            except OSError as exc:  # e.g. out of processes or memory: items wait, queries go on
+                log.error("items_reader_not_started", error=repr(exc)[:300], retry_in_s=5.0)
+                await asyncio.sleep(5.0)
+                continue
             log.info("items_reader_started", pid=proc.pid)
             try:
                 if engine is None:

@@ -196,8 +196,13 @@ async def serve(settings: Settings, conn: Connection) -> None:
     producer = await _started_producer(settings)
     runtime = ChildRuntime(settings, link, producer)
     consumer = ForwardingItemsConsumer(_App(producer), runtime, _DeclaredTopic())
-    consumer.begin()
-    await link.stop.wait()
+    reading = consumer.begin()
+    stop = asyncio.ensure_future(link.stop.wait())
+    await asyncio.wait({reading, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if reading.done():  # it never returns by itself: a bug. Exit, and the worker starts a new reader
+        error = None if reading.cancelled() else reading.exception()
+        log.error("items_reader_failed", error=repr(error)[:300])
+        os._exit(1)
     await consumer.close()  # the batch in flight is applied, done offsets committed, group left
     with contextlib.suppress(Exception):
         await producer.stop()
