@@ -1,9 +1,9 @@
 """The items reader's child process: fetches and decodes the items topic apart from the worker.
 
-Why: in the worker, reading 1,000 item upserts/s cost ~0.11 cores of Faust's event loop
+Why: in the worker, reading 1,000 item upserts/s cost ~0.06 cores of Faust's event loop
 (aiokafka's fetches and record unpacking) plus ~13 us of pydantic per item, all of it holding
 the GIL that the queries served beside it need (p99 of ``/recommend`` at 100k items: 4.6 ms
-idle, 12 ms under those upserts). Here a process of its own does the fetching, decoding and
+idle, 12 ms under those upserts in round 6). Here a process of its own does the fetching, decoding and
 dead-lettering, keeps the group membership and commits the offsets; the worker receives decoded
 events over a pipe, applies them (RocksDB, towers, Faiss) and acknowledges. A batch's offsets
 count as done only after that acknowledgement, as with the in-process reader
