@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.batch_consumer import BatchConsumer, group_id
-from streams.dead_letters import dead_letter_of
+from streams.dead_letters import send_dead_letter
 from streams.decoding import Record, decode_all
 from streams.kafka_auth import aiokafka_kwargs
 from streams.membership import rejoin_as_previous_member
@@ -109,23 +109,13 @@ class ChildRuntime:
 
     async def dead_letter(self, message: Any, reason: str, kind: str, event_id: str | None = None) -> None:
         """As ``WorkerRuntime.dead_letter``, with this process's producer; never raises."""
-        key, value = dead_letter_of(message, reason, kind, event_id)
-        self.dead.append((message.topic, kind))
-        where = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
-        log.warning("dead_letter", event_id=event_id, kind=kind, reason=reason[:300], **where)
+        topic = self.settings.topic("dead-letters")
+        await send_dead_letter(lambda key, value: self.producer.send(topic, value=value, key=key),
+                               message, reason, kind, event_id,
+                               sent=lambda source, k: self.dead.append((source, k)), failed=self._failed)
 
-        def delivered(fut: Any) -> None:
-            if not fut.cancelled() and fut.exception() is not None:
-                self.failures += 1
-                log.error("dead_letter_not_delivered", error=repr(fut.exception())[:300], **where)
-
-        try:
-            fut = await self.producer.send(self.settings.topic("dead-letters"), value=value, key=key)
-        except Exception as exc:  # noqa: BLE001 - e.g. a record over the producer's size limit
-            self.failures += 1
-            log.error("dead_letter_not_sent", error=repr(exc)[:300], **where)
-        else:
-            fut.add_done_callback(delivered)
+    def _failed(self) -> None:
+        self.failures += 1
 
 
 class _App:

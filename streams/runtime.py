@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import structlog
 
 from streams import metrics
-from streams.dead_letters import dead_letter_of
+from streams.dead_letters import send_dead_letter
 from towers import TowerConfig
 from index_store import WouldBlock
 from towerstream.engine import Engine, EngineConfig
@@ -191,25 +191,10 @@ class WorkerRuntime:
         the offset of its record is committed. A dead letter the broker refuses is logged with the
         record's position and counted (``towerstream_dead_letter_failures_total``); the agent goes on.
         """
-        reason = reason[:2000]
-        key, value = dead_letter_of(message, reason, kind, event_id)
-        metrics.DEAD_LETTERS.labels(message.topic, kind).inc()
-        log.warning("dead_letter", topic=message.topic, partition=message.partition, offset=message.offset,
-                    event_id=event_id, kind=kind, reason=reason[:300])
-        where = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
-
-        def delivered(fut: Any) -> None:
-            if not fut.cancelled() and fut.exception() is not None:
-                metrics.DEAD_LETTER_FAILURES.inc()
-                log.error("dead_letter_not_delivered", error=repr(fut.exception())[:300], **where)
-
-        try:
-            fut = await self.dead_letter_topic.send(key=key, value=value)
-        except Exception as exc:  # noqa: BLE001 - e.g. a record over the producer's size limit
-            metrics.DEAD_LETTER_FAILURES.inc()
-            log.error("dead_letter_not_sent", error=repr(exc)[:300], **where)
-        else:
-            fut.add_done_callback(delivered)
+        await send_dead_letter(lambda key, value: self.dead_letter_topic.send(key=key, value=value),
+                               message, reason, kind, event_id,
+                               sent=lambda topic, k: metrics.DEAD_LETTERS.labels(topic, k).inc(),
+                               failed=metrics.DEAD_LETTER_FAILURES.inc)
 
     async def checkpoint(self) -> None:
         """Copy the state on the training thread, then serialise and write it on the maintenance thread."""
