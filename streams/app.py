@@ -134,7 +134,7 @@ def create_app(settings: Settings) -> faust.App:
     # The items reader process joins its group (and rejoins as its predecessor) itself.
     readers: list[BatchConsumer | ItemsReaderProcess] = list(batch_consumers)
     if settings.items_consumer == "process":
-        readers.append(app.add_dependency(ItemsReaderProcess(app, runtime, topics["items"])))
+        readers.append(app.add_dependency(ItemsReaderProcess(runtime, topics["items"])))
     def serving_first(loop: asyncio.AbstractEventLoop) -> None:
         if settings.query_priority_wait_ms > 0 and not serving_loop_counts_as_query(loop, runtime.priority):
             log.warning("query_priority_not_on_http_loop", reason="the event loop has no selector to wrap")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from towerstream.events import InvalidEvent
+from towerstream.query_priority import pausing
 
 
 def decode_all(messages: list[Any], decode: Callable[[bytes], Any],
@@ -14,9 +15,7 @@ def decode_all(messages: list[Any], decode: Callable[[bytes], Any],
     """Each record's event, or ``(reason, kind)`` where it does not validate. ``pause`` is called
     every 32 records (queries first: ``towerstream.query_priority``)."""
     out: list[Any] = []
-    for n, msg in enumerate(messages):
-        if pause is not None and n % 32 == 31:
-            pause()
+    for msg in messages if pause is None else pausing(messages, pause, 32):
         try:
             out.append(decode(msg.value))
         except InvalidEvent as exc:

@@ -47,9 +47,9 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
 
     name = "items"
 
-    def __init__(self, app: Any, runtime: WorkerRuntime, topic: Any, **kwargs: Any) -> None:
+    def __init__(self, runtime: WorkerRuntime, topic: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.app, self.runtime, self.settings, self.topic = app, runtime, runtime.settings, topic
+        self.runtime, self.settings, self.topic = runtime, runtime.settings, topic
         self.proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         #: Blocking reads of the pipe (unpickling included) happen here, not on Faust's loop.

@@ -34,6 +34,7 @@ from towers import TowerConfig, TwoTowerTrainer
 from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
 from towerstream.events.base import epoch_ms
 from towerstream.events.codec import item_from_dict
+from towerstream.query_priority import pausing
 
 log = structlog.get_logger(__name__)
 
@@ -464,9 +465,7 @@ class Engine:
         batch = self.store.batch()
         keys = [self._item_event_key(ev) for ev in events]
         known = self.store.get_many(keys)  # one MultiGet: single misses cost up to 0.6 ms each
-        for n, ev in enumerate(events):
-            if n % PAUSE_EVERY == PAUSE_EVERY - 1:
-                self.pause()
+        for n, ev in pausing(enumerate(events), self.pause, PAUSE_EVERY):
             key = keys[n]
             if known[n] is not None or key in newest:
                 res.duplicates.append(ev.item_id)
@@ -486,9 +485,8 @@ class Engine:
             fresh_src.append(sources[n] if sources else None)
         if not fresh:
             return res
-        for n, (ev, src) in enumerate(zip(fresh, fresh_src)):  # before the lock: interaction commits wait for it
-            if n % PAUSE_EVERY == PAUSE_EVERY - 1:
-                self.pause()
+        # Before the lock: interaction commits wait for it.
+        for ev, src in pausing(zip(fresh, fresh_src), self.pause, PAUSE_EVERY):
             record = {"deleted": isinstance(ev, ItemDelete), "ts": epoch_ms(ev.ts),
                       "event": ev.model_dump(mode="json"), "model_version": self.model_version,
                       "source": [src.topic, src.partition, src.offset] if src else None}
@@ -537,9 +535,7 @@ class Engine:
             pause()
             self._upsert_vectors(rows, vectors)
             self.live[rows] = True
-            for n, (r, e) in enumerate(zip(rows.tolist(), ups)):
-                if n % PAUSE_EVERY == PAUSE_EVERY - 1:
-                    pause()
+            for r, e in pausing(zip(rows.tolist(), ups), pause, PAUSE_EVERY):
                 self.item_ts[r] = epoch_ms(e.ts)
                 self.attributes.set(r, e.categories, e.creator)
         if dels:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class QueryPriority:
@@ -67,7 +69,27 @@ class QueryPriority:
             self.on_pause(not done)
 
 
-class PausingSelector:
+def pausing(items: Iterable[T], pause: Callable[[], None], every: int) -> Iterator[T]:
+    """``items``, with ``pause()`` before every ``every``-th one: a background loop over a batch
+    steps aside for a running query at most that much work after it starts."""
+    for n, item in enumerate(items):
+        if n % every == every - 1:
+            pause()
+        yield item
+
+
+class _WrappedSelector:
+    """An event loop's selector, with ``select`` to be overridden; everything else is the inner one's."""
+
+    def __init__(self, inner: Any, priority: QueryPriority) -> None:
+        self._inner = inner
+        self._priority = priority
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class PausingSelector(_WrappedSelector):
     """An event loop's selector that pauses for queries once per loop iteration.
 
     Wrapping the selector is how a foreign event loop (Faust's) yields between iterations without
@@ -76,20 +98,13 @@ class PausingSelector:
     woken by I/O while a query runs waits for the query before running its callbacks.
     """
 
-    def __init__(self, inner: Any, priority: QueryPriority) -> None:
-        self._inner = inner
-        self._priority = priority
-
     def select(self, timeout: float | None = None) -> Any:
         events = self._inner.select(timeout)
         self._priority.pause()
         return events
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
-
-class ServingSelector:
+class ServingSelector(_WrappedSelector):
     """The serving event loop's selector: the loop counts as a running query from the moment
     ``select`` hands it I/O until it is about to block again.
 
@@ -103,8 +118,7 @@ class ServingSelector:
     """
 
     def __init__(self, inner: Any, priority: QueryPriority) -> None:
-        self._inner = inner
-        self._priority = priority
+        super().__init__(inner, priority)
         self._busy = False
 
     def select(self, timeout: float | None = None) -> Any:
@@ -117,9 +131,6 @@ class ServingSelector:
             self._priority.begin()
         return events
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
 
 def serving_loop_counts_as_query(loop: Any, priority: QueryPriority) -> bool:
     """Make ``loop`` (the HTTP thread's selector event loop) count as a query while it works."""
@@ -131,7 +142,7 @@ def pause_loop_for_queries(loop: Any, priority: QueryPriority) -> bool:
     return _wrap_selector(loop, PausingSelector, priority)
 
 
-def _wrap_selector(loop: Any, wrapper: type[ServingSelector] | type[PausingSelector], priority: QueryPriority) -> bool:
+def _wrap_selector(loop: Any, wrapper: type[_WrappedSelector], priority: QueryPriority) -> bool:
     """Wrap ``loop``'s selector once (idempotent); False if the loop has none (not a selector loop)."""
     selector = getattr(loop, "_selector", None)
     if selector is None:

@@ -24,6 +24,7 @@ from towerstream.query_priority import (
     QueryPriority,
     ServingSelector,
     pause_loop_for_queries,
+    pausing,
     serving_loop_counts_as_query,
 )
 from towerstream.settings import Settings
@@ -259,3 +260,10 @@ def test_the_runtime_counts_a_query_while_it_is_answered(tmp_path: Path) -> None
     assert asyncio.run(runtime.serve(answer)) == "ok"
     assert seen == [1] and runtime.priority.active == 0
     assert runtime.priority.max_wait_s == pytest.approx(0.005)
+
+
+def test_pausing_pauses_before_every_nth_item_and_yields_them_all() -> None:
+    seen: list[object] = []
+    out = [x for x in pausing(range(10), lambda: seen.append("pause"), 4) if not seen.append(x)]
+    assert out == list(range(10))
+    assert seen == [0, 1, 2, "pause", 3, 4, 5, 6, "pause", 7, 8, 9]
