@@ -4,11 +4,11 @@ A child process (``streams.items_reader_child``) reads the items topic in the gr
 "<app_id>-items", decodes it and dead-letters what does not validate; this service applies the
 decoded batches it hands over exactly as the in-process readers do (``apply_valid_items``: the
 items thread, RocksDB first, then towers and Faiss) and answers each one, after which the child
-counts its offsets as done. What stays in the worker is the engine's work (~160 us of the items
+counts its offsets as done. What stays in the worker is the engine's work (~100 us of the items
 thread per item at 1,000 upserts/s on the 100k bench state) and the unpickling; what moved out
 (fetches, record unpacking, validation) no longer holds the GIL that queries wait for: the
-worker's item work went from ~0.23 to ~0.18 cores, the child's is ~0.09 (docs/benchmarks.md,
-round 7).
+worker's CPU at that rate went from 0.200 to 0.165 cores, the child's is ~0.07
+(``bench/ingest_cpu.py``, docs/benchmarks.md round 7).
 
 If the child dies it is started again (``towerstream_items_reader_restarts_total``); the batch
 it had handed over but not had answered is read again and de-duplicated by event id.

@@ -1,6 +1,6 @@
 """The items reader's child process: fetches and decodes the items topic apart from the worker.
 
-Why: in the worker, reading 1,000 item upserts/s cost ~0.06 cores of Faust's event loop
+Why: in the worker, reading 1,000 item upserts/s cost ~0.04 cores of Faust's event loop
 (aiokafka's fetches and record unpacking) plus ~13 us of pydantic per item, all of it holding
 the GIL that the queries served beside it need (p99 of ``/recommend`` at 100k items: 4.6 ms
 idle, 12 ms under those upserts in round 6). Here a process of its own does the fetching, decoding and
