@@ -23,6 +23,12 @@ import numpy.typing as npt
 
 #: Categories (sorted, distinct) and creator of one item.
 Attributes = tuple[tuple[str, ...], "str | None"]
+#: (include_categories, exclude_categories, exclude_creators)
+_FilterKey = tuple[frozenset[str], frozenset[str], frozenset[str]]
+#: Distinct filters whose masks are kept; past this the cache starts again.
+MAX_CACHED_FILTERS = 64
+#: Rows remembered as written since the masks were made; past this they are rebuilt whole.
+JOURNAL_MAX = 65_536
 
 
 class ItemAttributes:
@@ -39,6 +45,13 @@ class ItemAttributes:
         self._kind_of: dict[Attributes, int] = {}
         self._rows: dict[str, set[int]] = {}
         self._n = 0
+        #: filters -> pass/fail per combination number (``_judged``), and the row mask with the
+        #: journal position it is current to (``allowed``).
+        self._passing: dict[_FilterKey, npt.NDArray[np.bool_]] = {}
+        self._masks: dict[_FilterKey, tuple[npt.NDArray[np.bool_], int]] = {}
+        #: (position of the first entry, rows written since): replaced whole when it is trimmed,
+        #: so a reader always gets a matching pair.
+        self._journal: tuple[int, list[int]] = (0, [])
 
     def __len__(self) -> int:
         return self._n
@@ -68,6 +81,7 @@ class ItemAttributes:
             grown[: len(self._ids)] = self._ids
             self._ids = grown
         self._ids[row] = k
+        self._written(row)
         for c in attrs[0]:
             self._rows.setdefault(c, set()).add(row)
 
@@ -76,6 +90,7 @@ class ItemAttributes:
         old = self.get(row)
         if old is not None:
             self._ids[row] = -1
+            self._written(row)
             self._n -= 1
             for c in old[0]:
                 self._discard(c, row)
@@ -101,6 +116,64 @@ class ItemAttributes:
         out = np.fromiter(found, dtype=np.int64, count=len(found))
         out.sort()
         return out
+
+    def allowed(self, include: Iterable[str] = (), exclude: Iterable[str] = (),
+                exclude_creators: Iterable[str] = ()) -> npt.NDArray[np.bool_]:
+        """Per row: does its item pass the filters (False where there is no item).
+
+        Why: a filtered search selects inside the index (``VectorIndex.search(allow=...)``)
+        instead of over-fetching and widening. Items share few combinations, so each is judged
+        once per filter; the row mask is kept per filter and only the rows written since the
+        last call are looked at again (a full pass over 1M rows costs ~1 ms, a query's budget).
+        The array is shared with later calls: read it at once, never write to it.
+        """
+        key = (frozenset(include), frozenset(exclude), frozenset(exclude_creators))
+        base, log = self._journal  # before the rows: a write after this is in the next call's part
+        end = base + len(log)
+        table = self._judged(key)
+        ids = self._ids
+        hit = self._masks.get(key)
+        if hit is None or hit[1] < base or len(hit[0]) != len(ids):
+            mask = np.take(table, ids.astype(np.int64) + 1, mode="clip")
+        else:
+            mask, pos = hit
+            if pos < end:
+                rows = np.unique(np.asarray(log[pos - base : end - base], dtype=np.int64))
+                rows = rows[rows < len(ids)]
+                mask[rows] = np.take(table, ids[rows].astype(np.int64) + 1, mode="clip")
+        if key not in self._masks and len(self._masks) >= MAX_CACHED_FILTERS:
+            self._masks.clear()  # filters are few in practice; never let them pile up
+        self._masks[key] = (mask, end)
+        return mask
+
+    def _judged(self, key: _FilterKey) -> npt.NDArray[np.bool_]:
+        """Pass/fail per combination, shifted by one: [no item, kind 0..n-1, a kind not judged yet]."""
+        kinds = self._kinds
+        n_kinds = len(kinds)  # read once: a writer may append meanwhile
+        table = self._passing.get(key)
+        if table is not None and len(table) == n_kinds + 2:
+            return table
+        done = 0 if table is None else len(table) - 2
+        fresh = np.zeros(n_kinds + 2, dtype=bool)
+        if table is not None:
+            fresh[1 : done + 1] = table[1 : done + 1]
+        inc, exc, creators = key
+        for j in range(done, n_kinds):
+            cats, creator = kinds[j]
+            fresh[j + 1] = ((not inc or any(c in inc for c in cats)) and not any(c in exc for c in cats)
+                            and not (creator is not None and creator in creators))
+        if key not in self._passing and len(self._passing) >= MAX_CACHED_FILTERS:
+            self._passing.clear()
+        self._passing[key] = fresh
+        return fresh
+
+    def _written(self, row: int) -> None:
+        """Note a changed row for the cached masks (after ``_ids`` holds its new value)."""
+        base, log = self._journal
+        if len(log) >= JOURNAL_MAX:
+            self._journal = (base + len(log), [row])  # masks older than this are rebuilt whole
+        else:
+            log.append(row)
 
     def state(self) -> dict[str, Any]:
         """A picklable copy (rows per category are rebuilt on load): a 4-byte-per-row array copy."""

@@ -57,6 +57,12 @@ RETRAIN_GROWTH = 4.0
 #: filtering (one batched search). Longer ones use a per-query Faiss IDSelector instead, so a
 #: user with a long history does not make every query fetch thousands of results.
 OVERFETCH_LIMIT = 1024
+#: A filtered IVF search (``allow``) that finds fewer than k allowed results probes this many
+#: times more lists, up to all of them (then it is exact over the allowed ids).
+WIDEN_FACTOR = 8
+#: With ``wait_s`` (a caller on an event loop), a filtered search scans at most this many stored
+#: vectors (~1 ms on one core) before it raises ``WouldBlock`` and goes to a serving thread.
+INLINE_SCAN_MAX = 40_000
 
 #: faiss ships stubs for its SWIG C++ signatures, not for the numpy-friendly Python wrappers
 #: (remove_ids(array), SearchParameters(sel=...), DirectMap, PyCallbackIO*). Calls that the
@@ -315,15 +321,21 @@ class VectorIndex:
         k: int,
         exclude: Sequence[Collection[int]] | None = None,
         *,
+        allow: npt.NDArray[np.bool_] | None = None,
         wait_s: float | None = None,
     ) -> tuple[npt.NDArray[np.float32], Ids]:
         """Top-k by inner product.
 
         xq ``(B, D)`` -> ``(D (B, k) float32 scores, I (B, k) int64 ids)``, best first; rows with
         fewer than k results are padded with score -inf and id -1. ``exclude[b]`` holds ids that
-        must not appear in row b (items the user has seen). Exact for "flat" (and for "ivf"
-        before it trains); for trained "ivf" as good as its nprobe. With ``wait_s``, raises
-        ``WouldBlock`` after that long instead of waiting out an upsert, save or re-train.
+        must not appear in row b (items the user has seen). ``allow`` (indexed by id; ids past
+        its end count as not allowed) keeps results to the ids it marks, inside the search (a
+        Faiss bitmap selector), so a business filter that removes a user's whole neighbourhood
+        still gets k results: a trained IVF probes more lists until it has k or has probed them
+        all. Exact for "flat" (and for "ivf" before it trains); for trained "ivf" as good as its
+        nprobe. With ``wait_s``, raises ``WouldBlock`` after that long instead of waiting out an
+        upsert, save or re-train, or when a filtered search would scan more than
+        ``INLINE_SCAN_MAX`` vectors.
         """
         q = self._as_vectors(xq, "xq")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -343,7 +355,9 @@ class VectorIndex:
             if n_live == 0:
                 return D, I
             index = self._active()
-            if exclude is None:
+            if allow is not None:
+                self._search_allowed(index, q, k, allow, exclude, D, I, inline=wait_s is not None)
+            elif exclude is None:
                 self._set_threads()
                 Dk, Ik = index.search(q, min(k, n_live))
                 D[:, : Ik.shape[1]], I[:, : Ik.shape[1]] = Dk, Ik
@@ -355,6 +369,47 @@ class VectorIndex:
         I[missing] = -1
         D[missing] = _NEG_INF  # Faiss pads with -FLT_MAX; -inf is unambiguous
         return D, I
+
+    def _search_allowed(
+        self,
+        index: faiss.Index,
+        q: Vectors,
+        k: int,
+        allow: npt.NDArray[np.bool_],
+        exclude: Sequence[Collection[int]] | None,
+        D: npt.NDArray[np.float32],
+        I: Ids,
+        inline: bool,
+    ) -> None:
+        """Fill D, I with the best ids that ``allow`` marks and ``exclude[b]`` does not (caller holds the lock)."""
+        n = len(allow)
+        packed = np.packbits(allow, bitorder="little")  # bit i of byte i >> 3: Faiss' IDSelectorBitmap
+        ivf = index if isinstance(index, faiss.IndexIVF) else None
+        per_list = index.ntotal / max(ivf.nlist, 1) if ivf is not None else 0.0
+        self._set_threads()
+        for b in range(q.shape[0]):
+            bitmap = packed
+            ex = np.fromiter((int(x) for x in exclude[b]), dtype=np.int64) if exclude is not None else None
+            if ex is not None and ex.size:
+                ex = ex[(ex >= 0) & (ex < n)]
+                bitmap = packed.copy()
+                np.bitwise_and.at(bitmap, ex >> 3, ~np.left_shift(1, ex & 7).astype(np.uint8))
+            sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # its size is in bytes
+            nprobe = ivf.nprobe if ivf is not None else 0
+            while True:
+                if ivf is not None:
+                    params = _fx.SearchParametersIVF(sel=sel, nprobe=nprobe)
+                else:
+                    params = _fx.SearchParameters(sel=sel)
+                Db, Ib = index.search(np.ascontiguousarray(q[b : b + 1]), k, params=params)
+                del params
+                if ivf is None or Ib[0, -1] >= 0 or nprobe >= ivf.nlist:
+                    break
+                nprobe = min(nprobe * WIDEN_FACTOR, ivf.nlist)
+                if inline and nprobe * per_list > INLINE_SCAN_MAX:
+                    raise WouldBlock("filters need a wider search")
+            D[b], I[b] = Db[0], Ib[0]
+            del sel, bitmap  # the selector reads the bitmap: both outlive the search
 
     def _search_excluding(
         self,

@@ -941,38 +941,29 @@ class Engine:
                     uvec = self.trainer.embed_users(urows, ctx)
                 finally:
                     self.lock.release()
-            has_filters = filters is not None and (
+            has_filters = filters is not None and bool(
                 filters.include_categories or filters.exclude_categories or filters.exclude_creators)
-            fetch = k * (4 if has_filters else 1)
-            pending = list(range(len(model_idx)))
             if (filters is not None and filters.include_categories
                     and self.attributes.count(filters.include_categories) <= self.config.include_scan_max):
-                for j in pending:
+                for j in range(len(model_idx)):
                     picked = self._scan_included(uvec[j], filters, k, exclude[model_idx[j]], excluded_ids, wait_s)
                     out[model_idx[j]] = Recommendations(
                         list(zip(self.items.external([p for p, _ in picked]), [sc for _, sc in picked])), "model")
-                pending = []
-            while pending:
-                D, I = self.index.search(uvec[pending], fetch, exclude=[exclude[model_idx[j]] for j in pending],
+            else:
+                # Business filters select inside the search (a bitmap of the rows that pass), so a
+                # filter that removes a user's whole neighbourhood still gets k results.
+                allow = self.attributes.allowed(filters.include_categories, filters.exclude_categories,
+                                                filters.exclude_creators) if has_filters and filters else None
+                D, I = self.index.search(uvec, k, exclude=[exclude[n] for n in model_idx], allow=allow,
                                          wait_s=wait_s)
-                short = []
-                for row_i, j in enumerate(pending):
-                    picked: list[tuple[int, float]] = []  # plain ints and floats, stop at k: 2x faster
-                    for r, sc in zip(I[row_i].tolist(), D[row_i].tolist()):
-                        if r >= 0 and self._passes(r, filters, excluded_ids):
+                for j, n in enumerate(model_idx):
+                    picked: list[tuple[int, float]] = []  # plain ints and floats: 2x faster
+                    for r, sc in zip(I[j].tolist(), D[j].tolist()):
+                        # Checked again: an item may have changed since the bitmap was made.
+                        if r >= 0 and (allow is None or self._passes(r, filters, excluded_ids)):
                             picked.append((r, sc))
-                            if len(picked) == k:
-                                break
-                    out[model_idx[j]] = Recommendations(
+                    out[n] = Recommendations(
                         list(zip(self.items.external([p for p, _ in picked]), [sc for _, sc in picked])), "model")
-                    if len(picked) < k and I.shape[1] == fetch and I[row_i, -1] >= 0:
-                        short.append(j)  # filters removed too much: widen the search
-                if fetch >= len(self.index):
-                    break
-                if short and wait_s is not None:
-                    # Widening can scan the whole catalog (tens of ms): not on the caller's event loop.
-                    raise WouldBlock("filters need a wider search")
-                pending, fetch = short, min(fetch * 8, len(self.index))
         for n, r in enumerate(rows):
             if out[n].source == "model":
                 continue

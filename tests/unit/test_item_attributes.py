@@ -39,6 +39,43 @@ def test_rows_follow_upserts_that_change_categories_and_deletes() -> None:
     assert len(back) == 2
 
 
+def test_allowed_rows_follow_every_write_after_the_mask_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    import index_store.item_attributes as ia
+
+    attrs = ItemAttributes()
+    for r in range(10):
+        attrs.set(r, [f"g{r % 2}"], f"s{r % 3}")
+
+    def expected(include: set[str], exclude: set[str], creators: set[str]) -> list[int]:
+        out = []
+        for r in range(len(attrs._ids)):
+            got = attrs.get(r)
+            if got is None:
+                continue
+            cats, creator = got
+            if (not include or set(cats) & include) and not set(cats) & exclude and creator not in creators:
+                out.append(r)
+        return out
+
+    checks = [(set(), {"g0"}, set()), ({"g1"}, set(), {"s0"}), (set(), set(), {"s2"}), ({"g0", "new"}, set(), set())]
+
+    def check() -> None:
+        for inc, exc, cr in checks:
+            assert np.flatnonzero(attrs.allowed(inc, exc, cr)).tolist() == expected(inc, exc, cr)
+
+    check()
+    attrs.set(3, ["g0"], "s1")  # changes category: cached masks must see it
+    attrs.remove(4)
+    attrs.set(12, ["new"], "s9")  # a new combination, judged when first seen
+    check()
+    monkeypatch.setattr(ia, "JOURNAL_MAX", 2)  # a trimmed journal: the masks are rebuilt whole
+    for r in (0, 1, 2, 5):
+        attrs.set(r, ["g1"], "s0")
+    attrs.set(3000, ["g0"], None)  # the rows grow: a longer mask
+    check()
+    assert len(attrs.allowed(set(), {"g0"}, set())) == len(attrs._ids)
+
+
 def catalog(eng: Engine, n: int = 400) -> None:
     # One tiny category ("rare": 3 items) among n items of 4 big ones.
     eng.apply_items([ItemUpsert(item_id=f"i{i}", title=f"w{i % 7} x{i % 11}", ts=T0,

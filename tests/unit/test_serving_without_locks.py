@@ -81,16 +81,38 @@ def test_a_user_beyond_the_tables_waits_for_the_lock_or_gives_up(tmp_path: Path)
     assert eng.recommend(newest, 5).source == "model"  # without a limit it waits, grows and answers
 
 
-def test_a_filtered_query_that_must_widen_gives_up_with_a_wait_limit(tmp_path: Path) -> None:
+def test_a_filtered_query_is_answered_inline_even_when_the_filter_removes_most_of_the_catalog(tmp_path: Path) -> None:
     from towerstream.events import Filters
 
     eng = engine(tmp_path)
-    # Two thirds of the catalog excluded: the first fetch of 4k is short, the search must widen.
+    # Two thirds of the catalog excluded: the filter selects inside the search (a bitmap), so
+    # there is no over-fetch to widen and nothing to hand to a serving thread.
     most = Filters(exclude_categories=["g0", "g1"])
-    with pytest.raises(WouldBlock):
-        eng.recommend("u1", 5, filters=most, exclude_seen=False, wait_s=0.01)
-    rec = eng.recommend("u1", 5, filters=most, exclude_seen=False)
+    rec = eng.recommend("u1", 5, filters=most, exclude_seen=False, wait_s=0.01)
     assert len(rec.items) == 5 and all(int(i[1:]) % 3 == 2 for i, _ in rec.items)
+
+
+def test_an_ivf_search_that_must_probe_more_lists_gives_up_with_a_wait_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import index_store.vector_index as vi
+
+    index, q, allow = _ivf_with_allowed_ids_far_from(np.random.default_rng(3))
+    monkeypatch.setattr(vi, "INLINE_SCAN_MAX", 100)  # a few lists: widening past them is not inline work
+    with pytest.raises(WouldBlock):
+        index.search(q, 5, allow=allow, wait_s=0.01)
+    _, ids = index.search(q, 5, allow=allow)  # without a limit it probes more lists and answers
+    assert (ids >= 0).all() and allow[ids].all()
+
+
+def _ivf_with_allowed_ids_far_from(rng: np.random.Generator) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
+    """A trained IVF of two far-apart clusters; only the second cluster's ids allowed; a query in the first."""
+    index = VectorIndex(8, "ivf", nlist=64, nprobe=2)
+    a = rng.normal(size=(3000, 8)).astype(np.float32) * 0.1 + np.float32(3)
+    b = rng.normal(size=(3000, 8)).astype(np.float32) * 0.1 - np.float32(3)
+    index.upsert(np.arange(6000), np.concatenate([a, b]))
+    assert index.is_trained
+    allow = np.zeros(6000, dtype=bool)
+    allow[3000:] = True
+    return index, a[:1], allow
 
 
 def test_a_large_category_scan_goes_off_the_loop_with_a_wait_limit(tmp_path: Path) -> None:

@@ -172,6 +172,44 @@ def test_exclusion_is_exact_and_still_fills_k(factory: Factory, n_excluded: int)
 
 
 @kinds
+def test_allow_keeps_results_to_the_allowed_ids_exactly_and_with_exclusions(factory: Factory) -> None:
+    index = factory()
+    rng = np.random.default_rng(5)
+    n = 1_500
+    index.upsert(np.arange(n), _unit(rng, n))
+    all_ids, all_xb = index.ids(), index.get(index.ids())
+    xq = _unit(rng, 3)
+    allow = np.zeros(n - 100, dtype=bool)  # ids past its end (and the prefilled ones) are not allowed
+    allow[rng.choice(n - 100, 200, replace=False)] = True
+    allowed_ids = np.flatnonzero(allow)
+    ex0 = set(allowed_ids[:5].tolist()) | {-5, 10**9}
+    exclude: list[set[int]] = [ex0, set(), set(allowed_ids.tolist())]  # row 2: nothing left
+    D, I = index.search(xq, 10, exclude=exclude, allow=allow)
+    for b in (0, 1):
+        keep = np.isin(all_ids, allowed_ids) & ~np.isin(all_ids, list(exclude[b]))
+        D_ref, I_ref = _brute_topk(all_xb[keep], all_ids[keep], xq[b : b + 1], 10)
+        np.testing.assert_array_equal(I[b], I_ref[0])  # exact: trained IVF probes lists until it has k
+        np.testing.assert_allclose(D[b], D_ref[0], rtol=1e-5, atol=1e-5)
+    assert np.all(I[2] == -1) and np.all(np.isneginf(D[2]))
+
+
+def test_a_filtered_ivf_search_probes_more_lists_until_it_has_k() -> None:
+    index = VectorIndex(DIM, "ivf", nlist=64, nprobe=1)
+    rng = np.random.default_rng(6)
+    near, far = _unit(rng, 4000), _unit(rng, 4000)
+    far[:, 0] -= 4.0  # far apart: the lists near the query hold none of them
+    index.upsert(np.arange(8000), np.concatenate([near, far]))
+    assert index.is_trained
+    allow = np.zeros(8000, dtype=bool)
+    allow[4000:] = True
+    xq = near[:1]
+    _, I = index.search(xq, 10, allow=allow)
+    assert (I >= 4000).all()
+    _, I_plain = index.search(xq, 10)
+    assert (I_plain < 4000).all()  # without the bitmap the nearest lists are all "near" ids
+
+
+@kinds
 def test_pads_with_minus_one_when_fewer_than_k(factory: Factory) -> None:
     index = factory()
     extra = len(index)
