@@ -19,6 +19,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from streams.fast_get import FAST_GET, FastGetConnections, fast_get_server
+
 log = structlog.get_logger(__name__)
 
 
@@ -55,9 +57,16 @@ class HttpServer:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        fast = self.app.get(FAST_GET)
+        listener: asyncio.Server | None = None
+        connections = FastGetConnections()
         try:
             await runner.setup()
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            if fast is None:
+                await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+            else:  # GET /recommend below aiohttp; aiohttp (runner.server) takes any other request
+                listener = await asyncio.get_running_loop().create_server(
+                    fast_get_server(fast, runner.server, connections), self.host, self.port, reuse_address=True)
         except BaseException as exc:
             await runner.cleanup()
             self._started.set_exception(exc)
@@ -66,7 +75,10 @@ class HttpServer:
         try:
             await self._stop.wait()
         finally:
-            await runner.cleanup()
+            if listener is not None:
+                listener.close()
+                await connections.close()
+            await runner.cleanup()  # aiohttp's connections, those handed over included
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, finish the requests in flight (up to aiohttp's grace), end the thread."""

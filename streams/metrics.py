@@ -44,6 +44,11 @@ CHECKPOINT_SECONDS = Gauge("towerstream_checkpoint_seconds", "Duration of the la
 CHECKPOINT_PAUSE_SECONDS = Gauge("towerstream_checkpoint_pause_seconds",
                                  "Training-thread time the last checkpoint took (its state copy)")
 HTTP_REJECTED = Counter("towerstream_http_rejected_total", "HTTP requests answered 4xx", ["path", "status"])
+HTTP_FAST = Counter(
+    "towerstream_http_fast_total",
+    "GET /recommend requests answered below aiohttp (served), and connections handed to aiohttp (handed_over)",
+    ["outcome"],
+)
 QUERY_PRIORITY_PAUSES = Counter(
     "towerstream_query_priority_pauses_total",
     "Times Faust's loop or the items thread waited for running queries (see query_priority_wait_ms)",

@@ -21,7 +21,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from multidict import MultiMapping
+
 from streams import metrics
+from streams.fast_get import FAST_GET, Declined
 from streams.runtime import WorkerRuntime
 from towerstream.events import Filters, Interaction, ItemEvent, RecommendResponse, UserProfile, encode
 from towerstream.events.base import ExternalId
@@ -60,9 +63,12 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
     token = s.api_token.get_secret_value() if s.api_token else None
 
     def check_auth(request: Request, write: bool) -> None:
+        check_auth_header(request.headers.get("Authorization"), write)
+
+    def check_auth_header(header: str | None, write: bool) -> None:
         if token is None or not (write or s.protect_reads):
             return
-        header = request.headers.get("Authorization", "")
+        header = header or ""
         if not header.startswith("Bearer ") or not hmac.compare_digest(header[7:].encode(), token.encode()):
             raise HttpError(401, "missing or invalid bearer token")
 
@@ -109,6 +115,9 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         return k
 
     async def answer(req: RecommendRequest) -> Response:
+        return web.Response(body=await answer_body(req), content_type="application/json")
+
+    async def answer_body(req: RecommendRequest) -> bytes:
         if runtime.engine is None:
             raise HttpError(503, "worker is starting")
         engine = runtime.engine
@@ -126,16 +135,14 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
             source=rec.source, fallback_reason=rec.fallback_reason,
             model_version=engine.model_version, served_at_ms=int(time.time() * 1000),
         )
-        return web.Response(body=resp.model_dump_json().encode(), content_type="application/json")
+        return resp.model_dump_json().encode()
 
-    async def recommend_get(request: Request) -> Response:
-        check_auth(request, write=False)
-        user_id = request.match_info["user_id"]
-        q = request.query
+    def get_request(user_id: str, q: MultiMapping[str]) -> RecommendRequest:
+        """``GET /recommend/<user>?k=..&include_category=..&ctx.device=..`` -> the request model."""
         k = parse_k(q.get("k"))
         context = {key[4:]: val for key, val in q.items() if key.startswith("ctx.")}
         try:
-            req = RecommendRequest(
+            return RecommendRequest(
                 user_id=_USER_ID.validate_python(user_id), k=min(k, 1000),
                 exclude_seen=q.get("exclude_seen", "true").lower() not in ("0", "false", "no"),
                 filters=Filters(
@@ -148,7 +155,18 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
             )
         except ValidationError as exc:
             raise HttpError(400, _errors(exc)) from None
-        return await answer(req)
+
+    async def recommend_get(request: Request) -> Response:
+        check_auth(request, write=False)
+        return await answer(get_request(request.match_info["user_id"], request.query))
+
+    async def recommend_fast(user_id: str, query: MultiMapping[str], authorization: str | None) -> bytes:
+        """The same request below aiohttp (``streams.fast_get``); any 4xx is left to the route above."""
+        try:
+            check_auth_header(authorization, write=False)
+            return await answer_body(get_request(user_id, query))
+        except HttpError:
+            raise Declined from None
 
     async def recommend_post(request: Request) -> Response:
         check_auth(request, write=False)
@@ -218,6 +236,7 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
                              ("POST", "/users", post_users), ("GET", "/healthz", healthz),
                              ("GET", "/metrics", metrics_page)):
         app.router.add_route(method, path, guarded(path, fn))
+    app[FAST_GET] = recommend_fast
     return app
 
 
