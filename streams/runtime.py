@@ -67,7 +67,9 @@ class WorkerRuntime:
         self._after_replay: asyncio.Future[None] | None = None
         self._open_t0 = 0.0
         #: Queries first: Faust's loop and the items thread wait (a bounded while) when one runs.
-        self.priority = QueryPriority(settings.query_priority_wait_ms / 1000, on_pause=metrics.note_pause)
+        self.priority = QueryPriority(settings.query_priority_wait_ms / 1000, on_pause=metrics.note_pause,
+                                      linger_s=settings.query_priority_linger_ms / 1000,
+                                      free_s=settings.query_priority_free_ms / 1000)
 
     @property
     def ready_event(self) -> asyncio.Event:

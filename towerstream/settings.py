@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     #: step, each time for at most this long (ms), so ingestion is slowed, never starved, by
     #: back-to-back queries (``towerstream.query_priority``); 0 turns this off.
     query_priority_wait_ms: float = 5.0
+    #: ...and they go on waiting this long (ms) after the last query ends, for the next one.
+    query_priority_linger_ms: float = Field(default=0.3, ge=0)
+    #: After a wait hit ``query_priority_wait_ms``, a thread runs this long (ms) before it waits
+    #: again: ingestion keeps at least free / (wait + free) of its time under a flood of queries.
+    query_priority_free_ms: float = Field(default=1.0, gt=0)
 
     # Model
     embedding_dim: int = 64

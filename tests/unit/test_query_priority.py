@@ -103,6 +103,51 @@ def test_after_a_wait_that_hit_the_bound_the_thread_runs_free_as_long() -> None:
     t.join()
 
 
+def test_the_free_run_after_a_bound_can_be_shorter_than_the_bound() -> None:
+    outcomes: list[bool] = []
+    priority = QueryPriority(0.3, on_pause=outcomes.append, free_s=0.05)
+    left_at: list[float] = []
+    t = hold_query(priority, 3.0, threading.Event(), left_at)
+    priority.pause()
+    assert outcomes == [True]
+    priority.pause()  # within the 50 ms free run
+    assert outcomes == [True]
+    time.sleep(0.08)
+    t0 = time.monotonic()
+    priority.pause()  # 80 ms on: the free run is over (it would not be with free_s = the bound)
+    assert outcomes == [True, True] and time.monotonic() - t0 >= 0.25 and not left_at
+    t.join()
+
+
+def test_waits_linger_after_the_last_query_and_a_new_query_meanwhile_extends_them() -> None:
+    outcomes: list[bool] = []
+    priority = QueryPriority(5.0, on_pause=outcomes.append, linger_s=0.2)
+    left_at: list[float] = []
+    hold_query(priority, 0.05, threading.Event(), left_at).join()
+    priority.pause()  # no query runs, but the last one ended under 0.2 s ago: wait out the rest
+    resumed = time.monotonic()
+    assert 0.19 <= resumed - left_at[0] < 1.5 and outcomes == [False]
+    priority.pause()  # the linger is over: nothing to wait for
+    assert outcomes == [False]
+    # A query that starts within the linger keeps the thread waiting until it too has lingered.
+    hold_query(priority, 0.0, threading.Event(), left_at).join()
+    follow = threading.Timer(0.1, lambda: hold_query(priority, 0.1, threading.Event(), left_at).join())
+    follow.start()
+    priority.pause()
+    resumed = time.monotonic()
+    follow.join()
+    assert len(left_at) == 3 and resumed - left_at[2] >= 0.19 and outcomes == [False, False]
+
+
+def test_settings_reach_the_runtimes_query_priority(tmp_path: Path) -> None:
+    s = Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path, query_priority_wait_ms=4,
+                 query_priority_linger_ms=0.5, query_priority_free_ms=2)
+    p = WorkerRuntime(s).priority
+    assert (p.max_wait_s, p.linger_s, p.free_s) == (0.004, 0.0005, 0.002)
+    d = WorkerRuntime(Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path)).priority
+    assert (d.max_wait_s, d.linger_s, d.free_s) == (0.005, 0.0003, 0.001)
+
+
 def test_a_zero_bound_turns_the_pause_off() -> None:
     priority, outcomes, left_at, t = running_query(0.0, 0.5)
     priority.pause()
