@@ -444,8 +444,8 @@ class VectorIndex:
             kb = min(k, n_live - int(counts[b]))
             if kb <= 0:
                 continue
-            banned = faiss.IDSelectorBatch(np.asarray(live_excl[b], dtype=np.int64))
-            allowed = faiss.IDSelectorNot(banned)
+            banned_sel = faiss.IDSelectorBatch(np.asarray(live_excl[b], dtype=np.int64))
+            allowed = faiss.IDSelectorNot(banned_sel)
             if isinstance(index, faiss.IndexIVF):
                 params = _fx.SearchParametersIVF(sel=allowed, nprobe=index.nprobe)
             else:
@@ -453,7 +453,7 @@ class VectorIndex:
             self._set_threads()
             Db, Ib = index.search(np.ascontiguousarray(q[b : b + 1]), kb, params=params)
             D[b, :kb], I[b, :kb] = Db[0], Ib[0]
-            del params, allowed, banned  # selectors must outlive the search call
+            del params, allowed, banned_sel  # selectors must outlive the search call
 
     def get(self, ids: npt.ArrayLike, *, wait_s: float | None = None) -> Vectors:
         """Stored vectors for ids ``(N,)`` -> ``(N, D)`` float32; UnknownId if any is not stored.
@@ -502,8 +502,8 @@ class VectorIndex:
             out._live = set(self._live)
             out._pos = None
             out._changed = None
-            out._flat = faiss.clone_index(self._flat) if self._flat is not None else None
-            out._ivf = faiss.clone_index(self._ivf) if self._ivf is not None else None
+            out._flat = cast("faiss.IndexIDMap2", faiss.clone_index(self._flat)) if self._flat is not None else None
+            out._ivf = cast("faiss.IndexIVFFlat", faiss.clone_index(self._ivf)) if self._ivf is not None else None
         return out
 
     def save(self, path: Path) -> None:

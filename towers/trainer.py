@@ -310,7 +310,9 @@ class TwoTowerTrainer:
     def _item_base(
         self, rows: np.ndarray, id_keep: torch.Tensor | None = None, id_trainable: int | None = None
     ) -> torch.Tensor:
-        return self.model.item_base(*(self._t(a) for a in self.item_content(rows)), id_keep, id_trainable)
+        c = self.item_content(rows)
+        return self.model.item_base(self._t(c.rows), self._t(c.tokens), self._t(c.cats), self._t(c.creator),
+                                    self._t(c.nums), id_keep, id_trainable)
 
     def _user_inputs(
         self, user_rows: np.ndarray, hist: np.ndarray, contexts: Sequence[Mapping[str, object]] | None
@@ -569,7 +571,7 @@ class TwoTowerTrainer:
         last, gap, self.freq.step = state["freq"]
         self.freq.last, self.freq.gap = _as_array(last), _as_array(gap)
         self.steps = state["steps"]
-        self._observed = {tuple(k): deque(_as_array(x) for x in v)  # type: ignore[misc]
+        self._observed = {tuple(k): deque(_as_array(x) for x in v)
                           for k, v in state.get("observed", {}).items()}
         self._n_observed = sum(len(q) for q in self._observed.values())
         self.rng.bit_generator.state = state["rng"]

@@ -147,15 +147,30 @@ def test_upsert_replaces_and_last_duplicate_wins(factory: Factory) -> None:
     assert index.delete([7, 7, 12345]) == 1 and 7 not in index and 8 in index
 
 
+def _filled(factory: Factory, seed: int, n: int) -> tuple[VectorIndex, np.random.Generator, npt.NDArray[np.int64],
+                                                        npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """An index of ``factory``'s kind with ids 0..n-1 added (random unit vectors); its rng,
+    everything it stores (ids, vectors) and three query vectors."""
+    index = factory()
+    rng = np.random.default_rng(seed)
+    index.upsert(np.arange(n), _unit(rng, n))
+    all_ids = index.ids()
+    return index, rng, all_ids, index.get(all_ids), _unit(rng, 3)
+
+
+def _assert_exact(D_row: npt.NDArray[np.float32], I_row: npt.NDArray[np.int64], all_xb: npt.NDArray[np.float32],
+                  all_ids: npt.NDArray[np.int64], keep: npt.NDArray[np.bool_], q: npt.NDArray[np.float32]) -> None:
+    """One result row equals brute-force top-k over the stored vectors that ``keep`` marks."""
+    D_ref, I_ref = _brute_topk(all_xb[keep], all_ids[keep], q[None, :], len(I_row))
+    np.testing.assert_array_equal(I_row, I_ref[0])
+    np.testing.assert_allclose(D_row, D_ref[0], rtol=1e-5, atol=1e-5)
+
+
 @kinds
 @pytest.mark.parametrize("n_excluded", [3, vi_mod.OVERFETCH_LIMIT + 50], ids=["overfetch", "selector"])
 def test_exclusion_is_exact_and_still_fills_k(factory: Factory, n_excluded: int) -> None:
-    index = factory()
-    rng = np.random.default_rng(2)
     n = 1_500
-    index.upsert(np.arange(n), _unit(rng, n))
-    all_ids, all_xb = index.ids(), index.get(index.ids())
-    xq = _unit(rng, 3)
+    index, rng, all_ids, all_xb, xq = _filled(factory, 2, n)
     _, I_all = _brute_topk(all_xb, all_ids, xq, 20)
     # Row 0 excludes its own best results (plus random ids and ids that are not stored),
     # row 1 nothing, row 2 a different random set.
@@ -164,32 +179,22 @@ def test_exclusion_is_exact_and_still_fills_k(factory: Factory, n_excluded: int)
     exclude: list[set[int]] = [ex0, set(), ex2]
     D, I = index.search(xq, 10, exclude=exclude)
     for b, ex in enumerate(exclude):
-        keep = ~np.isin(all_ids, list(ex))
-        D_ref, I_ref = _brute_topk(all_xb[keep], all_ids[keep], xq[b : b + 1], 10)
         assert not set(I[b].tolist()) & ex
-        np.testing.assert_array_equal(I[b], I_ref[0])
-        np.testing.assert_allclose(D[b], D_ref[0], rtol=1e-5, atol=1e-5)
+        _assert_exact(D[b], I[b], all_xb, all_ids, ~np.isin(all_ids, list(ex)), xq[b])
 
 
 @kinds
 def test_allow_keeps_results_to_the_allowed_ids_exactly_and_with_exclusions(factory: Factory) -> None:
-    index = factory()
-    rng = np.random.default_rng(5)
     n = 1_500
-    index.upsert(np.arange(n), _unit(rng, n))
-    all_ids, all_xb = index.ids(), index.get(index.ids())
-    xq = _unit(rng, 3)
+    index, rng, all_ids, all_xb, xq = _filled(factory, 5, n)
     allow = np.zeros(n - 100, dtype=bool)  # ids past its end (and the prefilled ones) are not allowed
     allow[rng.choice(n - 100, 200, replace=False)] = True
     allowed_ids = np.flatnonzero(allow)
     ex0 = set(allowed_ids[:5].tolist()) | {-5, 10**9}
     exclude: list[set[int]] = [ex0, set(), set(allowed_ids.tolist())]  # row 2: nothing left
     D, I = index.search(xq, 10, exclude=exclude, allow=allow)
-    for b in (0, 1):
-        keep = np.isin(all_ids, allowed_ids) & ~np.isin(all_ids, list(exclude[b]))
-        D_ref, I_ref = _brute_topk(all_xb[keep], all_ids[keep], xq[b : b + 1], 10)
-        np.testing.assert_array_equal(I[b], I_ref[0])  # exact: trained IVF probes lists until it has k
-        np.testing.assert_allclose(D[b], D_ref[0], rtol=1e-5, atol=1e-5)
+    for b in (0, 1):  # exact: a trained IVF probes more lists until it has k
+        _assert_exact(D[b], I[b], all_xb, all_ids, np.isin(all_ids, allowed_ids) & ~np.isin(all_ids, list(exclude[b])), xq[b])
     assert np.all(I[2] == -1) and np.all(np.isneginf(D[2]))
 
 
