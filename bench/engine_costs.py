@@ -14,7 +14,8 @@ state built by ``bench/_common.build_state`` (the query-latency and memory bench
 RSS around ``snapshot``/``write_snapshot``; recall@10 of 1,000 query users against the stored
 exact top-10 before and after ``VectorIndex.refit``; ``query``: CPU ms per query for the 1,000
 query users (50-item histories), the user tower in numpy (what serving runs) against the same
-maths in PyTorch, then the whole ``Engine.recommend`` (k=10, seen items excluded). Diagnostics for docs/benchmarks.md, not
+maths in PyTorch, then the whole ``Engine.recommend`` (k=10, seen items excluded), and with the query benchmark's
+business filter (``exclude_category`` of one genre in 16). Diagnostics for docs/benchmarks.md, not
 targets: the targets are measured end to end by the other scripts in bench/.
 """
 
@@ -193,8 +194,12 @@ def cmd_query(args: argparse.Namespace) -> None:
                 lat.append(1000 * (time.process_time() - t0))
         return float(np.percentile(lat, 50)), float(np.mean(lat))
 
+    from towerstream.events import Filters
+
+    genre3 = Filters(exclude_categories=["genre3"])  # bench/query_latency.py's filtered phase
     for name, fn, arg in (("user tower, numpy", numpy_tower, rows), ("user tower, pytorch", torch_tower, rows),
-                          ("recommend (k=10, seen excluded)", lambda u: eng.recommend(u, 10), users)):
+                          ("recommend (k=10, seen excluded)", lambda u: eng.recommend(u, 10), users),
+                          ("recommend, exclude_category=genre3", lambda u: eng.recommend(u, 10, filters=genre3), users)):
         per_query(fn, arg[:50])  # warm-up
         p50, mean = per_query(fn, arg)
         print(f"{name}: CPU p50 {p50:.3f} ms, mean {mean:.3f} ms per query ({len(arg)} users x {args.rounds})")
