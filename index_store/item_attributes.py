@@ -15,7 +15,7 @@ items; this takes the int32 array plus the rows-per-category sets.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,15 @@ _FilterKey = tuple[frozenset[str], frozenset[str], frozenset[str]]
 MAX_CACHED_FILTERS = 64
 #: Rows remembered as written since the masks were made; past this they are rebuilt whole.
 JOURNAL_MAX = 65_536
+
+
+def _attrs_pass(attrs: Attributes, include: Collection[str], exclude: Collection[str],
+                creators: Collection[str]) -> bool:
+    """The filters' meaning, for one item: any of ``include`` (when given), none of ``exclude``,
+    a creator not in ``creators``."""
+    cats, creator = attrs
+    return ((not include or any(c in include for c in cats)) and not any(c in exclude for c in cats)
+            and not (creator is not None and creator in creators))
 
 
 class ItemAttributes:
@@ -117,6 +126,12 @@ class ItemAttributes:
         out.sort()
         return out
 
+    def passes(self, row: int, include: Collection[str] = (), exclude: Collection[str] = (),
+               exclude_creators: Collection[str] = ()) -> bool:
+        """Does the row's item pass the filters (False where there is no item: deleted, or not applied yet)."""
+        attrs = self.get(row)
+        return attrs is not None and _attrs_pass(attrs, include, exclude, exclude_creators)
+
     def allowed(self, include: Iterable[str] = (), exclude: Iterable[str] = (),
                 exclude_creators: Iterable[str] = ()) -> npt.NDArray[np.bool_]:
         """Per row: does its item pass the filters (False where there is no item).
@@ -157,11 +172,8 @@ class ItemAttributes:
         fresh = np.zeros(n_kinds + 2, dtype=bool)
         if table is not None:
             fresh[1 : done + 1] = table[1 : done + 1]
-        inc, exc, creators = key
         for j in range(done, n_kinds):
-            cats, creator = kinds[j]
-            fresh[j + 1] = ((not inc or any(c in inc for c in cats)) and not any(c in exc for c in cats)
-                            and not (creator is not None and creator in creators))
+            fresh[j + 1] = _attrs_pass(kinds[j], *key)
         if key not in self._passing and len(self._passing) >= MAX_CACHED_FILTERS:
             self._passing.clear()
         self._passing[key] = fresh

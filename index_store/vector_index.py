@@ -74,6 +74,13 @@ _HEADER_LEN = struct.Struct("<I")
 _NEG_INF = np.float32(-np.inf)
 
 
+def _selecting(index: faiss.Index, sel: Any, nprobe: int) -> Any:
+    """Search parameters that keep results to ``sel`` (and probe ``nprobe`` lists of an IVF index)."""
+    if isinstance(index, faiss.IndexIVF):
+        return _fx.SearchParametersIVF(sel=sel, nprobe=nprobe)
+    return _fx.SearchParameters(sel=sel)
+
+
 class VectorIndex:
     """Thread-safe (one internal threading.Lock around every faiss call) ID-mapped Faiss index, inner-product metric.
 
@@ -397,10 +404,7 @@ class VectorIndex:
             sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # its size is in bytes
             nprobe = ivf.nprobe if ivf is not None else 0
             while True:
-                if ivf is not None:
-                    params = _fx.SearchParametersIVF(sel=sel, nprobe=nprobe)
-                else:
-                    params = _fx.SearchParameters(sel=sel)
+                params = _selecting(index, sel, nprobe)
                 Db, Ib = index.search(np.ascontiguousarray(q[b : b + 1]), k, params=params)
                 del params
                 if ivf is None or Ib[0, -1] >= 0 or nprobe >= ivf.nlist:
@@ -446,10 +450,7 @@ class VectorIndex:
                 continue
             banned_sel = faiss.IDSelectorBatch(np.asarray(live_excl[b], dtype=np.int64))
             allowed = faiss.IDSelectorNot(banned_sel)
-            if isinstance(index, faiss.IndexIVF):
-                params = _fx.SearchParametersIVF(sel=allowed, nprobe=index.nprobe)
-            else:
-                params = _fx.SearchParameters(sel=allowed)
+            params = _selecting(index, allowed, index.nprobe if isinstance(index, faiss.IndexIVF) else 0)
             self._set_threads()
             Db, Ib = index.search(np.ascontiguousarray(q[b : b + 1]), kb, params=params)
             D[b, :kb], I[b, :kb] = Db[0], Ib[0]

@@ -152,10 +152,7 @@ class FastGetProtocol(asyncio.Protocol):
         return True  # keep the transport: an answer in flight is still written, then closed
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._gone = True
-        self.connections.open.discard(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        self._leave()
         if self.task is not None:
             self.task.cancel()
 
@@ -177,14 +174,9 @@ class FastGetProtocol(asyncio.Protocol):
     async def _serve(self, user: str, query: MultiDict[str], auth: str | None, head_len: int) -> None:
         try:
             body = await self.fast(user, query, auth)
-        except Declined:
-            self.task = None
-            self._hand_over()
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - a bug: aiohttp answers this request (a 500 with its log)
-            log.exception("fast_get_failed", user_id=user[:100])
+        except Exception as exc:  # noqa: BLE001 - Declined, or a bug: aiohttp answers (a 500 with its log)
+            if not isinstance(exc, Declined):
+                log.exception("fast_get_failed", user_id=user[:100])
             self.task = None
             self._hand_over()
             return
@@ -207,10 +199,7 @@ class FastGetProtocol(asyncio.Protocol):
         """From now on aiohttp owns the connection, starting with the bytes not yet answered."""
         if self._gone or self.transport is None:
             return
-        self._gone = True
-        self.connections.open.discard(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        self._leave()
         metrics.HTTP_FAST.labels("handed_over").inc()
         handler = self.make_handler()
         self.transport.set_protocol(handler)
@@ -232,8 +221,14 @@ class FastGetProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self._gone:
             self.transport.close()
+        self._leave()
+
+    def _leave(self) -> None:
+        """Off the fast path for good (handed over, closed or lost): no idle timer, not in ``connections``."""
         self._gone = True
         self.connections.open.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
 
 
 def fast_get_server(fast: FastGet, aiohttp_server: Any,

@@ -852,15 +852,8 @@ class Engine:
     def _passes(self, row: int, filters: Filters | None, excluded_ids: set[str]) -> bool:
         if filters is None or not (filters.include_categories or filters.exclude_categories or filters.exclude_creators):
             return True
-        attrs = self.attributes.get(row)
-        if attrs is None:
-            return False  # deleted (or not applied yet)
-        cats, creator = attrs
-        if filters.include_categories and not any(c in filters.include_categories for c in cats):
-            return False
-        if filters.exclude_categories and any(c in filters.exclude_categories for c in cats):
-            return False
-        return not (filters.exclude_creators and creator in filters.exclude_creators)
+        return self.attributes.passes(row, filters.include_categories, filters.exclude_categories,
+                                      filters.exclude_creators)
 
     def _scan_included(
         self, uvec: np.ndarray, filters: Filters, k: int, exclude: set[int], excluded_ids: set[str],
