@@ -95,3 +95,20 @@ def test_cached_weight_views_follow_training_and_table_growth() -> None:
     grown = tr.embed_users(rows)
     assert not np.allclose(grown[1], after[1], atol=1e-4)
     np.testing.assert_allclose(grown, torch_vectors(tr, rows), atol=2e-6)
+
+
+def test_a_padding_row_that_is_not_zero_is_still_left_out() -> None:
+    """The numpy bags sum the padding rows in when they are zero (as the model keeps them);
+    should one ever hold a value (e.g. a state written by other code), the masked sum is used."""
+    tr = trained()
+    rows = np.arange(1, 12)
+    with torch.no_grad():
+        for bag in (tr.model.text, tr.model.cats, tr.model.feats):
+            bag.weight[0] = 0.3
+    np.testing.assert_allclose(tr.embed_users(rows), torch_vectors(tr, rows), atol=2e-6)
+    items = np.arange(60)
+    with torch.no_grad():
+        ref = tr.model.item_out(tr._item_base(items)).numpy()
+    got = tr.embed_items(items)
+    bonus = np.clip(tr.exploration_bonus(items), 0.0, 0.99)[:, None]
+    np.testing.assert_allclose(got[:, :-1], ref * np.sqrt(1.0 - bonus**2), atol=2e-6)
