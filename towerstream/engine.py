@@ -462,12 +462,13 @@ class Engine:
         fresh: list[ItemUpsert | ItemDelete] = []
         fresh_src: list[SourcePos | None] = []
         newest: dict[str, int] = {}
+        taken: set[str] = set()  # event keys taken in this batch: a repeat in the same batch is a duplicate too
         batch = self.store.batch()
         keys = [self._item_event_key(ev) for ev in events]
         known = self.store.get_many(keys)  # one MultiGet: single misses cost up to 0.6 ms each
         for n, ev in pausing(enumerate(events), self.pause, PAUSE_EVERY):
             key = keys[n]
-            if known[n] is not None or key in newest:
+            if known[n] is not None or key in taken:
                 res.duplicates.append(ev.item_id)
                 continue
             ts = epoch_ms(ev.ts)
@@ -480,6 +481,7 @@ class Engine:
                 res.unknown_deletes.append(ev.item_id)
                 continue
             newest[ev.item_id] = ts
+            taken.add(key)
             self.store.put_bytes(key, b"", batch=batch)
             fresh.append(ev)
             fresh_src.append(sources[n] if sources else None)

@@ -113,6 +113,9 @@ def test_new_item_is_searchable_at_once_and_upserts_are_idempotent(tmp_path: Pat
     assert eng.item_record("i3")["event"]["title"] == "renamed"
     dup = eng.apply_items([item(3, ts=1_700_000_000_500, title="renamed")])
     assert dup.duplicates == ["i3"] and dup.upserted == 0
+    # The same event twice in one batch (a producer's retry read in the same fetch): one applied, one duplicate.
+    twice = eng.apply_items([item(5, ts=1_700_000_000_600), item(5, ts=1_700_000_000_600)])
+    assert twice.duplicates == ["i5"] and twice.upserted == 1
     stale = eng.apply_items([item(3, ts=1_600_000_000_000, title="older")])
     assert stale.stale == ["i3"] and eng.item_record("i3")["event"]["title"] == "renamed"
     gone = eng.apply_items([ItemDelete(op="delete", item_id="i4", ts=1_700_000_001_000)])
