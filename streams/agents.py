@@ -23,6 +23,7 @@ from streams.batch_apply import FAILED, apply_batch, record_of
 from streams.decoding import decode_all
 from streams.runtime import WorkerRuntime
 from streams.training_queue import TrainingQueue, _train_observed, commit_observed
+from towers.features import EncodedItems
 from towerstream.engine import SourcePos
 from towerstream.events import RecommendResponse, decode_interaction, decode_item, decode_user, encode
 from towerstream.events.recommend import RecommendRequest
@@ -72,15 +73,17 @@ async def apply_item_records(runtime: WorkerRuntime, engine: Any, records: list[
 
 
 async def apply_valid_items(runtime: WorkerRuntime, engine: Any, records: list[Any], valid: list[Any],
-                            sources: list[SourcePos]) -> None:
+                            sources: list[SourcePos], encoded: EncodedItems | None = None) -> None:
     """Decoded item events (with the records they came from): apply them on the items thread, or
     stage them. The items reader process (``streams.items_reader``) decodes in the child and
-    enters here; a failing engine call dead-letters the valid records (``apply_batch``)."""
+    enters here, with the content already ``encoded``; a failing engine call dead-letters the
+    valid records (``apply_batch``)."""
     s = runtime.settings
     if not valid or await _staged(runtime, engine, "items", valid, sources):
         return
     t0 = time.perf_counter()
-    res = await apply_batch(runtime, records, sources, engine.apply_items, valid, sources, on=runtime.run_items)
+    res = await apply_batch(runtime, records, sources, engine.apply_items, valid, sources, encoded,
+                            on=runtime.run_items)
     if res is FAILED:
         return
     topic = s.topic("items")

@@ -4,9 +4,9 @@ A child process (``streams.items_reader_child``) reads the items topic in the gr
 "<app_id>-items", decodes it and dead-letters what does not validate; this service applies the
 decoded batches it hands over exactly as the in-process readers do (``apply_valid_items``: the
 items thread, RocksDB first, then towers and Faiss) and answers each one, after which the child
-counts its offsets as done. What stays in the worker is the engine's work (~100 us of the items
-thread per item at 1,000 upserts/s on the 100k bench state) and the unpickling; what moved out
-(fetches, record unpacking, validation) no longer holds the GIL that queries wait for: the
+counts its offsets as done. What stays in the worker is the engine's work and the unpickling;
+what moved out (fetches, record unpacking, validation, and since round 9 the content encoding,
+~25 us per item) no longer holds the GIL that queries wait for: the
 worker's CPU at that rate went from 0.200 to 0.165 cores, the child's is ~0.07
 (``bench/ingest_cpu.py``, docs/benchmarks.md round 7).
 
@@ -32,6 +32,7 @@ from mode import Service
 from streams import metrics
 from streams.agents import apply_valid_items
 from streams.runtime import WorkerRuntime
+from towers.features import EncodedItems, ItemEncoding
 from towerstream.engine import SourcePos
 
 log = structlog.get_logger(__name__)
@@ -91,7 +92,7 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
             try:
                 if engine is None:
                     engine = await self.runtime.wait_ready()
-                conn.send(("ready", self._offsets(engine)))
+                conn.send(("ready", self._offsets(engine), ItemEncoding.of(engine.trainer.cfg)))
                 await self._serve(engine, conn)
             except OSError:  # the child is gone: the pipe broke under a send
                 pass
@@ -125,12 +126,13 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
         return pickle.loads(data)
 
     async def _apply(self, engine: Any, events: list[Any], sources: list[tuple[str, int, int]],
-                     records: list[Any], dead: list[tuple[str, str]], failures: int) -> tuple[Any, ...]:
+                     records: list[Any], dead: list[tuple[str, str]], failures: int,
+                     encoded: EncodedItems | None = None) -> tuple[Any, ...]:
         for topic, kind in dead:
             metrics.DEAD_LETTERS.labels(topic, kind).inc()
         metrics.DEAD_LETTER_FAILURES.inc(failures)
         try:
-            await apply_valid_items(self.runtime, engine, records, events, [SourcePos(*s) for s in sources])
+            await apply_valid_items(self.runtime, engine, records, events, [SourcePos(*s) for s in sources], encoded)
         except Exception as exc:  # noqa: BLE001 - a bug, not bad input: the child reads the batch again
             log.exception("items_batch_failed", records=len(records))
             return ("retry", repr(exc)[:300])

@@ -10,7 +10,8 @@ import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -66,6 +67,51 @@ def encode_item(
     for name, value in item.numbers.items():
         nums[zlib.crc32(name.encode()) % num_slots] += _squash(float(value))
     return toks, cats, creator, nums
+
+
+class EncodedItems(NamedTuple):
+    """Items' content as the trainer's tables hold it, one row per item."""
+
+    tokens: np.ndarray  # (N, max_tokens) int64
+    cats: np.ndarray  # (N, max_cats) int64
+    creator: np.ndarray  # (N,) int64
+    nums: np.ndarray  # (N, num_slots) float32
+
+    def take(self, idx: Sequence[int] | np.ndarray) -> EncodedItems:
+        return EncodedItems(self.tokens[idx], self.cats[idx], self.creator[idx], self.nums[idx])
+
+
+@dataclass(frozen=True)
+class ItemEncoding:
+    """How content becomes table rows: what ``encode_item`` needs, and nothing of PyTorch.
+
+    Why a value of its own: the items reader process encodes upserts before it hands them to
+    the worker (~25 us of pure Python per item, off the worker's GIL); the worker sends it the
+    encoding its towers use.
+    """
+
+    text_buckets: int
+    cat_buckets: int
+    num_slots: int
+    max_tokens: int
+    max_cats: int
+
+    @classmethod
+    def of(cls, cfg: Any) -> ItemEncoding:
+        """From a ``TowerConfig`` (or anything with the same fields)."""
+        return cls(cfg.text_buckets, cfg.cat_buckets, cfg.num_slots, cfg.max_tokens, cfg.max_cats)
+
+    def encode(self, items: Sequence[ItemContentLike | None]) -> EncodedItems:
+        """One row per item; ``None`` (e.g. a delete) gets an empty row."""
+        n = len(items)
+        out = EncodedItems(np.zeros((n, self.max_tokens), dtype=np.int64), np.zeros((n, self.max_cats), dtype=np.int64),
+                           np.zeros(n, dtype=np.int64), np.zeros((n, self.num_slots), dtype=np.float32))
+        for j, item in enumerate(items):
+            if item is not None:
+                out.tokens[j], out.cats[j], out.creator[j], out.nums[j] = encode_item(
+                    item, text_buckets=self.text_buckets, cat_buckets=self.cat_buckets, num_slots=self.num_slots,
+                    max_tokens=self.max_tokens, max_cats=self.max_cats)
+        return out
 
 
 def number_tokens(name: str, value: float) -> list[str]:

@@ -30,7 +30,7 @@ from pydantic_core import to_json
 from index_store import (
     CheckpointError, ItemAttributes, MetaStore, UnknownId, VectorIndex, WouldBlock, load_latest_checkpoint, save_checkpoint,
 )
-from towers import TowerConfig, TwoTowerTrainer
+from towers import EncodedItems, TowerConfig, TwoTowerTrainer
 from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
 from towerstream.events.base import epoch_ms
 from towerstream.events.codec import item_from_dict
@@ -455,12 +455,20 @@ class Engine:
 
     # ----- items -----------------------------------------------------------------------
     def apply_items(
-        self, events: Sequence[ItemUpsert | ItemDelete], sources: Sequence[SourcePos | None] | None = None
+        self, events: Sequence[ItemUpsert | ItemDelete], sources: Sequence[SourcePos | None] | None = None,
+        encoded: EncodedItems | None = None,
     ) -> ItemsResult:
-        """Upsert/delete items: durable first, then embedded from content and upserted at once."""
+        """Upsert/delete items: durable first, then embedded from content and upserted at once.
+
+        ``encoded``: the events' content already encoded (``ItemEncoding.of(trainer.cfg)``, one
+        row per event; the items reader process does it off this process's GIL).
+        """
+        if encoded is not None and len(encoded.tokens) != len(events):
+            raise ValueError(f"{len(encoded.tokens)} encoded rows for {len(events)} item events")
         res = ItemsResult()
         fresh: list[ItemUpsert | ItemDelete] = []
         fresh_src: list[SourcePos | None] = []
+        fresh_at: list[int] = []
         newest: dict[str, int] = {}
         taken: set[str] = set()  # event keys taken in this batch: a repeat in the same batch is a duplicate too
         batch = self.store.batch()
@@ -484,44 +492,52 @@ class Engine:
             taken.add(key)
             self.store.put_bytes(key, b"", batch=batch)
             fresh.append(ev)
+            fresh_at.append(n)
             fresh_src.append(sources[n] if sources else None)
         if not fresh:
             return res
         # Before the lock: interaction commits wait for it.
         for ev, src in pausing(zip(fresh, fresh_src), self.pause, PAUSE_EVERY):
             record = {"deleted": isinstance(ev, ItemDelete), "ts": epoch_ms(ev.ts),
-                      "event": ev.model_dump(mode="json"), "model_version": self.model_version,
+                      "event": ev, "model_version": self.model_version,
                       "source": [src.topic, src.partition, src.offset] if src else None}
-            self.store.put_json("item:" + ev.item_id, record, batch=batch)
+            # pydantic's serializer writes the event as model_dump(mode="json") would: 2 us against 10
+            self.store.put_bytes("item:" + ev.item_id, to_json(record), batch=batch)
         with self.commit_lock:
             self.items.get_or_create([e.item_id for e in fresh], batch=batch)
             self._journal(batch, "items", fresh, fresh_src)
             self.pause()
             self.store.write(batch)
         self.pause()
-        res.upserted, res.deleted = self._apply_items_now(fresh)
+        res.upserted, res.deleted = self._apply_items_now(fresh, encoded.take(fresh_at) if encoded else None)
         return res
 
     def _is_live(self, row: int) -> bool:
         return row < len(self.live) and bool(self.live[row])
 
-    def _apply_items_now(self, events: Sequence[ItemUpsert | ItemDelete]) -> tuple[int, int]:
+    def _apply_items_now(
+        self, events: Sequence[ItemUpsert | ItemDelete], encoded: EncodedItems | None = None
+    ) -> tuple[int, int]:
         # Collapse to the last event per item: only the final state reaches the index.
-        last: dict[str, ItemUpsert | ItemDelete] = {}
-        for ev in events:
-            last[ev.item_id] = ev
-        if not last:
+        last_at: dict[str, int] = {}
+        for n, ev in enumerate(events):
+            last_at[ev.item_id] = n
+        if not last_at:
             return 0, 0
+        last = {item_id: events[n] for item_id, n in last_at.items()}
+        ups_encoded = None if encoded is None else encoded.take(
+            [n for n in last_at.values() if isinstance(events[n], ItemUpsert)])
         row_of = dict(zip(last, self.items.get_or_create(list(last)).tolist()))
         top = max(row_of.values())
         # Growing arrays replaces them, which must not race a train step's use of them.
         grows = top >= len(self.live) or top >= self.trainer.item_capacity()
         with self.lock if grows else contextlib.nullcontext(), self.items_lock:
             # Queries never take the items lock, but one may need the engine lock: no waits under it.
-            return self._apply_items_locked(last, row_of, _no_pause if grows else self.pause)
+            return self._apply_items_locked(last, row_of, _no_pause if grows else self.pause, ups_encoded)
 
     def _apply_items_locked(
-        self, last: Mapping[str, ItemUpsert | ItemDelete], row_of: Mapping[str, int], pause: Callable[[], None]
+        self, last: Mapping[str, ItemUpsert | ItemDelete], row_of: Mapping[str, int], pause: Callable[[], None],
+        ups_encoded: EncodedItems | None = None,
     ) -> tuple[int, int]:
         ups = [e for e in last.values() if isinstance(e, ItemUpsert)]
         dels = [e for e in last.values() if isinstance(e, ItemDelete)]
@@ -531,7 +547,9 @@ class Engine:
             for at in range(0, len(ups), PAUSE_EVERY):
                 if at:
                     pause()
-                self.trainer.set_items(rows[at:at + PAUSE_EVERY], ups[at:at + PAUSE_EVERY])
+                part = slice(at, at + PAUSE_EVERY)
+                self.trainer.set_items(rows[part], ups[part], ups_encoded.take(np.arange(len(ups))[part])
+                                       if ups_encoded is not None else None)
             pause()
             vectors = self.trainer.embed_items(rows)
             pause()
