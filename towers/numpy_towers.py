@@ -115,6 +115,16 @@ def _normalize(x: F32) -> F32:
     return x
 
 
+def _mlp(x: F32, w1: F32, b1: F32, w2: F32, b2: F32) -> F32:
+    """``Linear -> ReLU -> Linear`` (the towers' ``nn.Sequential``), weights as (in, out)."""
+    hidden: F32 = x @ w1
+    hidden += b1
+    np.maximum(hidden, np.float32(0), out=hidden)
+    out: F32 = hidden @ w2
+    out += b2
+    return out
+
+
 def _item_vectors(w: Weights, items: ItemContent) -> F32:
     base = _bag_mean(items.tokens, w.text)
     base += _bag_mean(items.cats, w.cats)
@@ -122,11 +132,7 @@ def _item_vectors(w: Weights, items: ItemContent) -> F32:
     base += w.num_b
     base += w.creator_w * w.cats[items.creator]
     base += w.item_id[items.rows]
-    hidden: F32 = base @ w.item_w1
-    hidden += w.item_b1
-    np.maximum(hidden, np.float32(0), out=hidden)
-    out: F32 = hidden @ w.item_w2
-    out += w.item_b2
+    out = _mlp(base, w.item_w1, w.item_b1, w.item_w2, w.item_b2)
     out += base
     return _normalize(out)
 
@@ -157,11 +163,7 @@ def user_vectors(
     pooled = np.einsum("bl,bld->bd", weights_, vecs[inv])
     u = w.user_id[user_rows]
     x = np.concatenate([u, pooled, _bag_mean(feats, w.feats)], axis=1)
-    hidden: F32 = x @ w.user_w1
-    hidden += w.user_b1
-    np.maximum(hidden, np.float32(0), out=hidden)
-    out: F32 = hidden @ w.user_w2
-    out += w.user_b2
+    out = _mlp(x, w.user_w1, w.user_b1, w.user_w2, w.user_b2)
     out += u
     out += pooled
     return _normalize(out)
