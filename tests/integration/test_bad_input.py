@@ -141,6 +141,10 @@ def test_malformed_records_are_dead_lettered_with_bytes_position_and_reason(work
     good = [("items", b"i1", js(item())), ("items", b"i2", js(item(item_id="i2")))]
     for topic, key, value in good:
         prod.send(settings.topic(topic), key=key, value=value).get(timeout=20)
+    # Items and interactions are read by different consumers (the items reader is a process of
+    # its own): Kafka orders neither topic against the other, so the interactions below on i1/i2
+    # count as on known items only once both are indexed.
+    wait_until(lambda: w.health()[1] and w.health()[1].get("items_indexed", 0) >= 2, 60, "i1 and i2 indexed")
     sent: dict[tuple[str, int, int], Bad] = {}
     for case in BAD:
         md = prod.send(settings.topic(case.topic), key=b"u1", value=case.value).get(timeout=20)
