@@ -18,10 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
-
-from multidict import MultiMapping
 
 from streams import metrics
 from streams.fast_get import FAST_GET, Declined

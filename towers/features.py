@@ -77,7 +77,7 @@ class EncodedItems(NamedTuple):
     creator: np.ndarray  # (N,) int64
     nums: np.ndarray  # (N, num_slots) float32
 
-    def take(self, idx: Sequence[int] | np.ndarray) -> EncodedItems:
+    def take(self, idx: Sequence[int] | np.ndarray | slice) -> EncodedItems:
         return EncodedItems(self.tokens[idx], self.cats[idx], self.creator[idx], self.nums[idx])
 
 

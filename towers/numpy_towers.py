@@ -99,9 +99,10 @@ def weights(model: TwoTowerModel) -> Weights:
 
 def _bag_mean(idx: I64, weight: F32) -> F32:
     """``EmbeddingBag(mode="mean", padding_idx=0)`` on 2-D input: 0s are left out of sum and count."""
-    count = (idx != 0).sum(axis=1)  # np.count_nonzero with an axis is 3x slower on these sizes
+    keep = idx != 0
+    count = keep.sum(axis=1)  # np.count_nonzero with an axis is 3x slower on these sizes
     if np.count_nonzero(weight[0]):  # never so in practice (the padding row starts at 0, gets no gradient)
-        total = (weight[idx] * (idx != 0)[..., None]).sum(axis=1)
+        total = (weight[idx] * keep[..., None]).sum(axis=1)
     else:  # a sum with the padding rows in adds zeros: the same sum
         total = weight[idx].sum(axis=1)
     total /= np.maximum(count, 1).astype(np.float32)[:, None]

@@ -548,8 +548,7 @@ class Engine:
                 if at:
                     pause()
                 part = slice(at, at + PAUSE_EVERY)
-                self.trainer.set_items(rows[part], ups[part], ups_encoded.take(np.arange(len(ups))[part])
-                                       if ups_encoded is not None else None)
+                self.trainer.set_items(rows[part], ups[part], ups_encoded.take(part) if ups_encoded is not None else None)
             pause()
             vectors = self.trainer.embed_items(rows)
             pause()
@@ -869,15 +868,14 @@ class Engine:
         out = [(int(r), float(scores[r])) for r in top if np.isfinite(scores[r]) and not (exclude and int(r) in exclude)]
         return out[:k]
 
-    def _passes(self, row: int, filters: Filters | None, excluded_ids: set[str]) -> bool:
+    def _passes(self, row: int, filters: Filters | None) -> bool:
         if filters is None or not (filters.include_categories or filters.exclude_categories or filters.exclude_creators):
             return True
         return self.attributes.passes(row, filters.include_categories, filters.exclude_categories,
                                       filters.exclude_creators)
 
     def _scan_included(
-        self, uvec: np.ndarray, filters: Filters, k: int, exclude: set[int], excluded_ids: set[str],
-        wait_s: float | None,
+        self, uvec: np.ndarray, filters: Filters, k: int, exclude: set[int], wait_s: float | None
     ) -> list[tuple[int, float]]:
         """Score the rows of ``include_categories`` directly: exact top-k among them, filters applied."""
         rows = self.attributes.rows_in(filters.include_categories)
@@ -901,7 +899,7 @@ class Engine:
         picked: list[tuple[int, float]] = []
         for j in order.tolist():
             r = int(rows[j])
-            if self._passes(r, filters, excluded_ids):
+            if self._passes(r, filters):
                 picked.append((r, float(scores[j])))
                 if len(picked) == k:
                     break
@@ -959,7 +957,7 @@ class Engine:
             if (filters is not None and filters.include_categories
                     and self.attributes.count(filters.include_categories) <= self.config.include_scan_max):
                 for j in range(len(model_idx)):
-                    picked = self._scan_included(uvec[j], filters, k, exclude[model_idx[j]], excluded_ids, wait_s)
+                    picked = self._scan_included(uvec[j], filters, k, exclude[model_idx[j]], wait_s)
                     out[model_idx[j]] = Recommendations(
                         list(zip(self.items.external([p for p, _ in picked]), [sc for _, sc in picked])), "model")
             else:
@@ -973,7 +971,7 @@ class Engine:
                     picked: list[tuple[int, float]] = []  # plain ints and floats: 2x faster
                     for r, sc in zip(I[j].tolist(), D[j].tolist()):
                         # Checked again: an item may have changed since the bitmap was made.
-                        if r >= 0 and (allow is None or self._passes(r, filters, excluded_ids)):
+                        if r >= 0 and (allow is None or self._passes(r, filters)):
                             picked.append((r, sc))
                     out[n] = Recommendations(
                         list(zip(self.items.external([p for p, _ in picked]), [sc for _, sc in picked])), "model")
@@ -981,7 +979,7 @@ class Engine:
             if out[n].source == "model":
                 continue
             why = reason or ("unknown user" if self.users.get(user_ids[n]) is None else "no model answer")
-            cand = [(row, s) for row, s in self.popular(k * 4 if filters else k, exclude[n]) if self._passes(row, filters, excluded_ids)][:k]
+            cand = [(row, s) for row, s in self.popular(k * 4 if filters else k, exclude[n]) if self._passes(row, filters)][:k]
             out[n] = Recommendations(list(zip(self.items.external([c for c, _ in cand]), [s for _, s in cand])), "popularity", why)
         return out
 

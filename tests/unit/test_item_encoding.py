@@ -33,12 +33,13 @@ def test_encoding_a_batch_gives_each_item_its_own_row_and_deletes_an_empty_one()
 
 def test_the_engine_applies_encoded_items_as_it_applies_raw_ones(tmp_path: Path) -> None:
     """Duplicates, a stale event, an item written twice in a batch and a delete: the rows that
-    reach the tables are the right ones of the encoded batch."""
-    first = [item(i) for i in range(12)]
+    reach the tables are the right ones of the encoded batch (40 items: several chunks of
+    ``PAUSE_EVERY``)."""
+    first = [item(i, title=f"item {i} w{i % 7}") for i in range(40)]
     second = [item(3, ts=1_700_000_000_500, title="renamed three"), item(3, ts=1_700_000_000_400, title="stale"),
               first[5], item(7, ts=1_700_000_000_900, title="seven again", categories=["genre9"]),
               item(7, ts=1_700_000_001_000, title="seven last"),
-              ItemDelete(item_id="i8", op="delete", ts=1_700_000_002_000), item(20, title="new twenty")]
+              ItemDelete(item_id="i8", op="delete", ts=1_700_000_002_000), item(50, title="new fifty")]
     engines = [Engine.open(tmp_path / name, SMALL) for name in ("raw", "encoded")]
     try:
         enc = ItemEncoding.of(engines[1].trainer.cfg)
@@ -48,7 +49,7 @@ def test_the_engine_applies_encoded_items_as_it_applies_raw_ones(tmp_path: Path)
                                                             for e in batch]))
         a, b = (e.trainer for e in engines)
         n = len(engines[0].items)
-        assert n == len(engines[1].items) == 13
+        assert n == len(engines[1].items) == 41
         for name in ("item_tokens", "item_cats", "item_creator", "item_nums", "item_live"):
             np.testing.assert_array_equal(getattr(a, name)[:n], getattr(b, name)[:n], err_msg=name)
         row7 = engines[1].items.get("i7")
