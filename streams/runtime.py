@@ -14,6 +14,7 @@ import structlog
 
 from streams import metrics
 from streams.dead_letters import send_dead_letter
+from streams.health import Health
 from towers import TowerConfig
 from index_store import WouldBlock
 from towerstream.engine import Engine, EngineConfig
@@ -52,6 +53,8 @@ class WorkerRuntime:
         self.training_queue: Any = None
         self._ready: asyncio.Event | None = None
         self.kafka_up = False
+        #: Degraded conditions and notices shown on /healthz (``streams.health``).
+        self.health = Health()
         self.started_at = time.time()
         self.dead_letter_topic: Any = None  # set by the app: a faust Topic
         self.last_checkpoint_at = 0.0

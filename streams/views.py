@@ -220,9 +220,19 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         }
         if engine is not None:
             body.update(engine.stats())
-        ok = runtime.ready and runtime.kafka_up
+        conditions = runtime.health.conditions()
+        body["conditions"] = conditions
+        body["notices"] = runtime.health.notices()
+        ok = runtime.ready and runtime.kafka_up and not conditions
         starting = "starting" if engine is None or engine.status == "loading" else engine.status
-        body["status"] = "ok" if ok else (starting if not runtime.ready else "kafka unreachable")
+        if ok:
+            body["status"] = "ok"
+        elif not runtime.ready:
+            body["status"] = starting
+        elif not runtime.kafka_up:
+            body["status"] = "kafka unreachable"
+        else:
+            body["status"] = "degraded: " + "; ".join(f"{k}: {v['reason']}" for k, v in sorted(conditions.items()))
         return _json(body, status=200 if ok else 503)
 
     async def metrics_page(request: Request) -> Response:
