@@ -1,13 +1,17 @@
 """Crash safety benchmark: kill -9 the worker 20 times at random moments while a recording replays.
 
     .venv/bin/python bench/faults.py [--kills 20] [--seed 20261125] [--interactions 9000] [--speed 50]
+                                     [--restart-limit 10]
 
 Runs the harness of ``tests/integration/test_faults.py`` (``tests/chaos.py``) on a fresh Tansu
 broker with the group timing from ``../shared/broker-notes.md`` (session 6 s, heartbeat 2 s):
 a graceful restart first (the reference), then ``--kills`` SIGKILLs at seeded random moments
 (some while the worker is still starting), each followed by an immediate restart. Reports the
 restart-to-first-processed-event times, the offset checks made at each kill, and the final
-exact check of the data directory; writes ``bench/results/faults.json``. Exits 1 on any problem.
+exact check of the data directory; writes ``bench/results/faults.json``. Exits 1 on any problem,
+or when the slowest restart exceeds ``--restart-limit`` seconds: the restart target lives here, as
+a measured figure beside the graceful reference and the load average, not in the test suite,
+whose kill tests assert only what happened (nothing lost, nothing doubled, every restart back).
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ def main() -> int:
     ap.add_argument("--speed", type=float, default=50.0, help="replay speed (interactions per second)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faults.json")
     ap.add_argument("--logs", type=Path, default=None, help="keep worker logs here (default: a temporary dir)")
+    ap.add_argument("--restart-limit", type=float, default=10.0,
+                    help="target: seconds from a SIGKILL's restart to its first processed event (slowest restart)")
     args = ap.parse_args()
     env = machine(args.seed)
     print(f"machine: {env['cpu']}, {env['cpus']} cpus; {env['platform']}; python {env['python']}")
@@ -84,15 +90,23 @@ def main() -> int:
                            "topic_partitions": 2},
               **run.summary()}
     r = result["restart_to_first_event_s"]
+    ref = result["reference_graceful_restart_s"]
+    result["restart_limit_s"] = args.restart_limit
+    result["restart_within_limit"] = r["max"] is not None and r["max"] < args.restart_limit
+    result["slowest_restart_vs_graceful"] = round(r["max"] / ref, 2) if r["max"] is not None and ref else None
+    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"kills: {run.kills} ({run.startup_kills} while starting); offset checks at kills: {run.offset_checks}")
     print(f"restart to first processed event after SIGKILL: median {r['median']} s, max {r['max']} s "
-          f"(n={r['n']}); after a graceful stop (reference): {result['reference_graceful_restart_s']} s")
+          f"(n={r['n']}); after a graceful stop (reference): {ref} s")
+    print(f"slowest restart {r['max']} s vs target {args.restart_limit} s: "
+          f"{'within' if result['restart_within_limit'] else 'OVER'}; {result['slowest_restart_vs_graceful']}x the "
+          f"graceful reference; load average at end {result['loadavg_end']}")
     print(f"final data dir: {json.dumps(run.final)}")
     print(f"problems: {run.problems or 'none'}; wall {run.wall_s:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
-    ok = not run.problems and r["max"] is not None and r["max"] < 10.0
+    ok = not run.problems and result["restart_within_limit"]
     return 0 if ok else 1
 
 

@@ -184,7 +184,7 @@ def kill_run(
     run_s: tuple[float, float] = (0.3, 4.0),
     startup_kill_p: float = 0.2,
     settle_timeout: float = 120.0,
-    first_event_timeout: float = 30.0,
+    first_event_timeout: float = 90.0,
     on_progress: Callable[[str], None] = lambda line: None,
     reference_restart: bool = False,
 ) -> KillRun:

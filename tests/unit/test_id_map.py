@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +135,6 @@ def test_lookups_hit_the_memory_cache(tmp_path: Path) -> None:
         store.id_map("item").get_or_create(names)
     with MetaStore(tmp_path) as store:
         ids = store.id_map("item")
-        t0 = time.perf_counter()
-        rows = ids.rows(names)
-        per_lookup = (time.perf_counter() - t0) / len(names)
-        assert rows.tolist() == list(range(50_000))
-        assert per_lookup < 5e-6, per_lookup  # ~0.2 us typical; a RocksDB read is far slower
+    # The store is closed: a lookup that read RocksDB would fail, so these answers come from memory.
+    assert ids.rows(names).tolist() == list(range(50_000))
+    assert ids.get("i49999") == 49_999 and ids.external([7, 49_999]) == ["i7", "i49999"]

@@ -1,7 +1,8 @@
 """Queries first: background work waits while a query runs, for a bounded time, and only then.
 
 Real threads and a real asyncio loop; the times asserted are orderings (which happened first)
-and generous bounds, not speeds.
+and lower bounds (a wait happened); whether a wait happened at all, and how it ended, is what
+``on_pause`` reports, never a speed.
 """
 
 from __future__ import annotations
@@ -59,9 +60,8 @@ def running_query(bound_s: float, query_s: float) -> tuple[QueryPriority, list[b
 def test_pause_returns_at_once_when_no_query_runs() -> None:
     outcomes: list[bool] = []
     priority = QueryPriority(5.0, on_pause=outcomes.append)
-    t0 = time.monotonic()
     priority.pause()
-    assert time.monotonic() - t0 < 1.0 and outcomes == []  # no wait happened
+    assert outcomes == []  # no wait happened (every wait, ended or given up, is reported)
 
 
 def test_pause_waits_until_the_running_query_ends() -> None:
@@ -79,7 +79,7 @@ def test_pause_is_bounded_so_back_to_back_queries_cannot_starve_ingestion() -> N
     priority.pause()
     waited = time.monotonic() - t0
     assert not left_at, "the query was still running when the pause gave up"
-    assert 0.04 <= waited < 1.5 and outcomes == [True]
+    assert waited >= 0.04 and outcomes == [True]  # it gave up at the bound (True), not at the query's end
     t.join()
 
 
@@ -88,9 +88,8 @@ def test_after_a_wait_that_hit_the_bound_the_thread_runs_free_as_long() -> None:
     priority, outcomes, left_at, t = running_query(0.3, 3.0)
     priority.pause()
     assert outcomes == [True]
-    t0 = time.monotonic()
-    priority.pause()  # within the free run: no wait
-    assert time.monotonic() - t0 < 0.2 and outcomes == [True]
+    priority.pause()  # within the free run: no wait (none reported)
+    assert outcomes == [True]
     time.sleep(0.35)
     priority.pause()  # the free run is over and the query still runs: waits again
     assert outcomes == [True, True] and not left_at
@@ -126,7 +125,7 @@ def test_waits_linger_after_the_last_query_and_a_new_query_meanwhile_extends_the
     hold_query(priority, 0.05, threading.Event(), left_at).join()
     priority.pause()  # no query runs, but the last one ended under 0.2 s ago: wait out the rest
     resumed = time.monotonic()
-    assert 0.19 <= resumed - left_at[0] < 1.5 and outcomes == [False]
+    assert resumed - left_at[0] >= 0.19 and outcomes == [False]  # ended by the linger, not the 5 s bound
     priority.pause()  # the linger is over: nothing to wait for
     assert outcomes == [False]
     # A query that starts within the linger keeps the thread waiting until it too has lingered.

@@ -8,7 +8,6 @@ query on a serving thread.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +34,9 @@ def test_index_search_gives_up_after_wait_s_while_the_lock_is_held() -> None:
     rng = np.random.default_rng(0)
     index.upsert(np.arange(100), rng.normal(size=(100, 8)).astype(np.float32))
     q = rng.normal(size=(1, 8)).astype(np.float32)
-    with index._lock:  # as an upsert, save or re-train would hold it
-        t0 = time.perf_counter()
-        with pytest.raises(WouldBlock):
+    with index._lock:  # as an upsert, save or re-train would hold it; this thread releases it only after
+        with pytest.raises(WouldBlock):  # so a search that waited for it would never return
             index.search(q, 5, wait_s=0.01)
-        assert time.perf_counter() - t0 < 1.0
     _, ids = index.search(q, 5, wait_s=0.01)
     assert (ids >= 0).all()
 
