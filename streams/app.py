@@ -135,6 +135,8 @@ def create_app(settings: Settings) -> faust.App:
     readers: list[BatchConsumer | ItemsReaderProcess] = list(batch_consumers)
     if settings.items_consumer == "process":
         readers.append(app.add_dependency(ItemsReaderProcess(runtime, topics["items"])))
+    if settings.items_consumer in ("process", "batch"):  # not ready before the catalog is read
+        runtime.catching_up.add("items")
     def serving_first(loop: asyncio.AbstractEventLoop) -> None:
         if settings.query_priority_wait_ms > 0 and not serving_loop_counts_as_query(loop, runtime.priority):
             log.warning("query_priority_not_on_http_loop", reason="the event loop has no selector to wrap")

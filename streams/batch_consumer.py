@@ -20,6 +20,12 @@ batch in flight. Serving never waits for a commit: the engine has the events bef
 offsets are even considered. A restart re-reads at most the last second; event ids (and item
 versions) make that harmless, and a partition is sought to what RocksDB already holds
 (``Engine.offsets``) when that is ahead of the committed offset.
+
+Readiness: a reader with ``gates_readiness`` (items) tells the runtime once it has applied its
+partitions up to the end offsets they had when it joined its group; until then ``/healthz``
+says "catching up". A worker that restarts with nothing of the catalog in RocksDB (its
+predecessor stopped before reading it, or lost it with its checkpoints) then reports ready only
+once the catalog on the topic is indexed, the way a GlobalKTable bootstraps before serving.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class BatchConsumer(Service):  # type: ignore[misc]
 
     #: The topic's short name (``Settings.topic``); also names the group and the log events.
     name = ""
+    #: Whether the worker is ready only once this reader has caught up (``WorkerRuntime.catching_up``).
+    gates_readiness = False
 
     def __init__(self, app: Any, runtime: WorkerRuntime, topic: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -95,6 +103,11 @@ class BatchConsumer(Service):  # type: ignore[misc]
         self._closed = False
         self._task: asyncio.Future[None] | None = None
         self._committer: asyncio.Future[None] | None = None
+        #: Set by the first assignment (possibly empty): the group join is over.
+        self._joined = False
+        #: End offsets of the first assignment, taken once: what "caught up" is measured against.
+        self._catch_up_to: dict[TopicPartition, int] | None = None
+        self._caught_up = False
 
     async def on_start(self) -> None:
         self._task = self.add_future(self._run())
@@ -141,6 +154,8 @@ class BatchConsumer(Service):  # type: ignore[misc]
         while not self._closing:
             if self._to_seek:
                 await self._seek_to_durable(engine)
+            if self.gates_readiness and not self._caught_up:
+                await self._check_caught_up(consumer)
             try:
                 got = await self._take(consumer)
             except KafkaError as exc:  # e.g. a coordinator error aiokafka hands back: log it, go on
@@ -225,6 +240,26 @@ class BatchConsumer(Service):  # type: ignore[misc]
                 log.info(f"{self.name}_seek_to_durable", topic=tp.topic, partition=tp.partition,
                          offset=durable, committed=position)
 
+    async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        """Tell the runtime, once, when every assigned partition's position has reached the end
+        offset it had at the join. Runs between batches, so a position is applied, not just fetched."""
+        if not self._joined:
+            return
+        assigned = consumer.assignment()
+        try:
+            if self._catch_up_to is None:
+                self._catch_up_to = dict(await consumer.end_offsets(list(assigned))) if assigned else {}
+            for tp, end in self._catch_up_to.items():
+                if tp in assigned and await consumer.position(tp) < end:
+                    return
+        except KafkaError as exc:  # e.g. the broker away: try again after the next poll
+            log.warning(f"{self.name}_catch_up_unknown", error=repr(exc)[:300])
+            return
+        self._caught_up = True
+        log.info(f"{self.name}_caught_up", group=self.group,
+                 end_offsets={f"{tp.topic}:{tp.partition}": off for tp, off in self._catch_up_to.items()})
+        self.runtime.caught_up(self.name)
+
     # ----- offsets ----------------------------------------------------------------------------
     async def _commit_periodically(self) -> None:
         while not self._closing:
@@ -262,6 +297,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._to_seek |= set(assigned)
+        self._joined = True
         log.info(f"{self.name}_partitions_assigned", group=self.group,
                  partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
@@ -310,6 +346,7 @@ class ItemsConsumer(BatchConsumer):
     """Items: validate and apply (upsert, delete) on the items thread."""
 
     name = "items"
+    gates_readiness = True
 
     def _fetch_min_bytes(self) -> int:
         return self.settings.items_fetch_min_bytes

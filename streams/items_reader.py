@@ -118,6 +118,8 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
                 return
             if msg[0] == "batch":
                 conn.send(await self._apply(engine, *msg[1:]))
+            elif msg[0] == "caught_up":  # after the batches before it, which are applied by now
+                self.runtime.caught_up(msg[1])
 
     def _receive(self, conn: Connection) -> Any:
         """The next message; a query running meanwhile goes first (the unpickling holds the GIL)."""

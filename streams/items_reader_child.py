@@ -20,7 +20,8 @@ pair. Messages (pickled tuples, ``multiprocessing.connection``):
   waits for the answer (the dead letters and refused ones since the last batch, for its
   /metrics; ``encoded`` the upserts' content as table rows, ``towers.features.EncodedItems``,
   so that ~25 us per item of pure Python runs here and not under the worker's GIL);
-  ``("stopped",)`` before it exits.
+  ``("caught_up", name)`` once, when the batches handed over reach the end offsets the topic
+  had when the child joined (the worker's readiness waits for it); ``("stopped",)`` before it exits.
 
 The child never outlives the worker: it exits when the pipe closes, and the kernel kills it
 when the worker dies (``PR_SET_PDEATHSIG``).
@@ -125,6 +126,10 @@ class ChildRuntime:
     def _failed(self) -> None:
         self.failures += 1
 
+    def caught_up(self, name: str) -> None:
+        """As ``WorkerRuntime.caught_up``: every batch before this message has been applied."""
+        self.link.conn.send(("caught_up", name))
+
 
 class _App:
     """``BatchConsumer`` flushes ``app.producer`` before committing offsets (dead letters first)."""
@@ -144,6 +149,7 @@ class ForwardingItemsConsumer(BatchConsumer):
     """``BatchConsumer`` whose batches are decoded here and applied by the worker."""
 
     name = "items"
+    gates_readiness = True
     runtime: ChildRuntime  # type: ignore[assignment]
 
     def _fetch_min_bytes(self) -> int:

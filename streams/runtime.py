@@ -55,6 +55,10 @@ class WorkerRuntime:
         self.kafka_up = False
         #: Degraded conditions and notices shown on /healthz (``streams.health``).
         self.health = Health()
+        #: Readers that must catch up with their topic before the worker is ready (``app`` adds
+        #: "items" when a batch reader or the reader process reads it): ready means the catalog
+        #: on the topic when the worker started is indexed, not only that the engine is open.
+        self.catching_up: set[str] = set()
         self.started_at = time.time()
         self.dead_letter_topic: Any = None  # set by the app: a faust Topic
         self.last_checkpoint_at = 0.0
@@ -83,6 +87,18 @@ class WorkerRuntime:
     @property
     def ready(self) -> bool:
         return self.engine is not None and self.ready_event.is_set()
+
+    @property
+    def serving_ready(self) -> bool:
+        """Engine open and every gating reader caught up: what /healthz calls ready."""
+        return self.ready and not self.catching_up
+
+    def caught_up(self, reader: str) -> None:
+        """``reader`` has applied its topic up to where it ended when the reader joined its group."""
+        if reader in self.catching_up:
+            self.catching_up.discard(reader)
+            log.info("reader_caught_up", reader=reader, still_catching_up=sorted(self.catching_up))
+        metrics.READY.set(1 if self.serving_ready else 0)
 
     @property
     def opening(self) -> bool:
@@ -121,7 +137,7 @@ class WorkerRuntime:
         t0 = self._open_t0
         self.last_checkpoint_at = time.time()
         self.ready_event.set()
-        metrics.READY.set(1)
+        metrics.READY.set(1 if self.serving_ready else 0)
         metrics.INDEX_SIZE.set(len(self.engine.index))
         log.info("engine_ready", seconds=round(time.perf_counter() - t0, 3), **self.engine.stats())
         if self.engine.replay_s > 0.5:

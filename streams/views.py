@@ -215,7 +215,7 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
     async def healthz(request: Request) -> Response:
         engine = runtime.engine
         body: dict[str, Any] = {
-            "ready": runtime.ready, "kafka": runtime.kafka_up,
+            "ready": runtime.serving_ready, "kafka": runtime.kafka_up,
             "uptime_s": round(time.time() - runtime.started_at, 1),
         }
         if engine is not None:
@@ -223,12 +223,15 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         conditions = runtime.health.conditions()
         body["conditions"] = conditions
         body["notices"] = runtime.health.notices()
-        ok = runtime.ready and runtime.kafka_up and not conditions
+        body["catching_up"] = sorted(runtime.catching_up)
+        ok = runtime.serving_ready and runtime.kafka_up and not conditions
         starting = "starting" if engine is None or engine.status == "loading" else engine.status
         if ok:
             body["status"] = "ok"
         elif not runtime.ready:
             body["status"] = starting
+        elif runtime.catching_up:
+            body["status"] = "catching up: " + ", ".join(sorted(runtime.catching_up))
         elif not runtime.kafka_up:
             body["status"] = "kafka unreachable"
         else:

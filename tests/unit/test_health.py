@@ -99,3 +99,36 @@ def test_healthz_is_503_and_names_each_condition(tmp_path: Path) -> None:
             await client.close()
 
     asyncio.run(go())
+
+
+def test_healthz_is_503_catching_up_until_every_gating_reader_has_caught_up(tmp_path: Path) -> None:
+    """An open engine is not enough: ready means the items reader has applied the catalog it found."""
+    from streams import metrics
+
+    async def go() -> None:
+        runtime = WorkerRuntime(Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path))
+
+        async def deliver(topic: str, records: Any) -> None:
+            raise ConnectionError("no broker in this test")
+
+        client = TestClient(TestServer(build_web_app(runtime, deliver)))
+        await client.start_server()
+        try:
+            runtime.kafka_up = True
+            runtime.catching_up.add("items")  # as the app does for the items readers
+            runtime.engine = _ReadyEngine()  # type: ignore[assignment]
+            runtime.ready_event.set()
+            resp = await client.get("/healthz")
+            body = json.loads(await resp.text())
+            assert resp.status == 503 and body["status"] == "catching up: items"
+            assert body["ready"] is False and body["catching_up"] == ["items"]
+            runtime.caught_up("items")
+            assert metrics.READY._value.get() == 1
+            resp = await client.get("/healthz")
+            body = json.loads(await resp.text())
+            assert resp.status == 200 and body["status"] == "ok" and body["ready"] is True
+            assert body["catching_up"] == []
+        finally:
+            await client.close()
+
+    asyncio.run(go())
