@@ -33,22 +33,34 @@ from towerstream.settings import Settings
 T0 = 1_700_000_000_000
 
 
-def hold_query(priority: QueryPriority, seconds: float, entered: threading.Event, left_at: list[float]) -> threading.Thread:
+class Query(threading.Thread):
+    """A query on another thread; ``finish`` ends it early once a test has seen what it needed."""
+
+    def __init__(self, priority: QueryPriority, seconds: float, entered: threading.Event, left_at: list[float]) -> None:
+        super().__init__()
+        self.priority, self.seconds, self.entered, self.left_at = priority, seconds, entered, left_at
+        self.release = threading.Event()
+
+    def run(self) -> None:
+        with self.priority.query():
+            self.entered.set()
+            self.release.wait(self.seconds)
+            self.left_at.append(time.monotonic())
+
+    def finish(self) -> None:
+        self.release.set()
+        self.join()
+
+
+def hold_query(priority: QueryPriority, seconds: float, entered: threading.Event, left_at: list[float]) -> Query:
     """A query on another thread that runs for ``seconds``; ``left_at`` gets the time it ended."""
-
-    def run() -> None:
-        with priority.query():
-            entered.set()
-            time.sleep(seconds)
-            left_at.append(time.monotonic())
-
-    t = threading.Thread(target=run)
+    t = Query(priority, seconds, entered, left_at)
     t.start()
     assert entered.wait(5)
     return t
 
 
-def running_query(bound_s: float, query_s: float) -> tuple[QueryPriority, list[bool], list[float], threading.Thread]:
+def running_query(bound_s: float, query_s: float) -> tuple[QueryPriority, list[bool], list[float], Query]:
     """A ``QueryPriority`` bounded at ``bound_s``, the outcomes of its waits, and a query of
     ``query_s`` running on another thread (with the list that gets its end time)."""
     outcomes: list[bool] = []
@@ -80,7 +92,7 @@ def test_pause_is_bounded_so_back_to_back_queries_cannot_starve_ingestion() -> N
     waited = time.monotonic() - t0
     assert not left_at, "the query was still running when the pause gave up"
     assert waited >= 0.04 and outcomes == [True]  # it gave up at the bound (True), not at the query's end
-    t.join()
+    t.finish()  # seen what was needed while it ran: end it instead of sleeping out its time
 
 
 def test_after_a_wait_that_hit_the_bound_the_thread_runs_free_as_long() -> None:
@@ -99,7 +111,7 @@ def test_after_a_wait_that_hit_the_bound_the_thread_runs_free_as_long() -> None:
     waiter.start()
     waiter.join()
     assert other[0] - t1 >= 0.25  # the free run is this thread's own: another thread still waits
-    t.join()
+    t.finish()  # seen what was needed while it ran: end it instead of sleeping out its time
 
 
 def test_the_free_run_after_a_bound_can_be_shorter_than_the_bound() -> None:
@@ -115,7 +127,7 @@ def test_the_free_run_after_a_bound_can_be_shorter_than_the_bound() -> None:
     t0 = time.monotonic()
     priority.pause()  # 80 ms on: the free run is over (it would not be with free_s = the bound)
     assert outcomes == [True, True] and time.monotonic() - t0 >= 0.25 and not left_at
-    t.join()
+    t.finish()  # seen what was needed while it ran: end it instead of sleeping out its time
 
 
 def test_waits_linger_after_the_last_query_and_a_new_query_meanwhile_extends_them() -> None:
@@ -151,7 +163,7 @@ def test_a_zero_bound_turns_the_pause_off() -> None:
     priority, outcomes, left_at, t = running_query(0.0, 0.5)
     priority.pause()
     assert not left_at and outcomes == []
-    t.join()
+    t.finish()  # seen what was needed while it ran: end it instead of sleeping out its time
 
 
 def test_nested_and_concurrent_queries_are_all_waited_for() -> None:
