@@ -95,8 +95,8 @@ class WorkerRuntime:
 
     def caught_up(self, reader: str) -> None:
         """``reader`` has applied its topic up to where it ended when the reader joined its group."""
-        if reader in self.catching_up:
-            self.catching_up.discard(reader)
+        if reader in self.catching_up:  # replaced whole: /healthz reads it on the HTTP thread
+            self.catching_up = self.catching_up - {reader}
             log.info("reader_caught_up", reader=reader, still_catching_up=sorted(self.catching_up))
         metrics.READY.set(1 if self.serving_ready else 0)
 

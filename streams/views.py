@@ -223,15 +223,16 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         conditions = runtime.health.conditions()
         body["conditions"] = conditions
         body["notices"] = runtime.health.notices()
-        body["catching_up"] = sorted(runtime.catching_up)
+        catching_up = sorted(runtime.catching_up)
+        body["catching_up"] = catching_up
         ok = runtime.serving_ready and runtime.kafka_up and not conditions
         starting = "starting" if engine is None or engine.status == "loading" else engine.status
         if ok:
             body["status"] = "ok"
         elif not runtime.ready:
             body["status"] = starting
-        elif runtime.catching_up:
-            body["status"] = "catching up: " + ", ".join(sorted(runtime.catching_up))
+        elif catching_up:
+            body["status"] = "catching up: " + ", ".join(catching_up)
         elif not runtime.kafka_up:
             body["status"] = "kafka unreachable"
         else:
