@@ -76,7 +76,7 @@ def trained(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) ->
     wait_for(worker, lambda b: b.get("trained_total", 0) >= SPEC.interactions and b.get("items_indexed", 0) >= SPEC.items
              and b.get("untrained_events") == 0)
     yield settings, worker
-    worker.stop()
+    worker.kill()  # nothing is asserted on its stop (as ``start_worker``): no graceful shutdown to wait for
 
 
 def test_recommendations_follow_the_planted_clusters(trained: Any) -> None:
@@ -195,7 +195,14 @@ def test_restart_keeps_the_index_and_resumes_from_committed_offsets(
     produce_stream(settings, spec)
     body = wait_for(first, lambda b: b.get("trained_total", 0) >= spec.interactions and b.get("items_indexed", 0) >= spec.items
                 and b.get("untrained_events") == 0)
-    time.sleep(3)  # let the last batch finish training and Faust commit the acked offsets (1 s interval)
+    # Wait until the acked offsets are committed (every second), not for a fixed while.
+    from tests.chaos import committed_offsets  # Faust's group and the batch readers'
+
+    topic = settings.topic("interactions") + ":"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(
+            off for tp, off in committed_offsets(settings).items() if tp.startswith(topic)) < spec.interactions:
+        time.sleep(0.25)
     # trained_total counts durable events; untrained_events of them may still be queued for training.
     body = wait_for(first, lambda b: True)
     _, before = http_json(first.base_url + "/recommend/u3?k=10")
