@@ -1,4 +1,4 @@
-"""Ready means indexed: a worker answers /healthz 200 only once the catalog it holds is searchable.
+"""Ready means indexed (issue 16): a worker answers /healthz 200 only once the catalog it holds is searchable.
 
 A worker that starts with items on the topic that its RocksDB does not hold (a fresh data
 directory; or a predecessor stopped before its items reader had read them, and then its
