@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
         producer_acks=-1,
+        producer_compression_type=settings.compression_type,
         # A dead letter carries a refused record of up to 2 MiB, base64-encoded.
         producer_max_request_size=MAX_RECORD_BYTES,
         # Tansu reports end offsets too low; this check would raise falsely. We keep no tables.

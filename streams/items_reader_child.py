@@ -179,7 +179,8 @@ async def _started_producer(settings: Settings) -> AIOKafkaProducer:
     while True:
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap, client_id=group_id(settings, "items"), acks="all",
-            max_request_size=MAX_RECORD_BYTES, **aiokafka_kwargs(settings))
+            max_request_size=MAX_RECORD_BYTES, compression_type=settings.compression_type,
+            **aiokafka_kwargs(settings))
         try:
             await producer.start()
             return producer
