@@ -20,7 +20,9 @@ pair. Messages (pickled tuples, ``multiprocessing.connection``):
   waits for the answer (the dead letters and refused ones since the last batch, for its
   /metrics; ``encoded`` the upserts' content as table rows, ``towers.features.EncodedItems``,
   so that ~25 us per item of pure Python runs here and not under the worker's GIL);
-  ``("stopped",)`` before it exits.
+  ``("health", method, args, kwargs)`` for the worker's health registry (an unreadable batch:
+  ``streams.health.Health.degrade/clear/notice``) and ``("unreadable", topic, action)`` for its
+  counter, neither answered; ``("stopped",)`` before it exits.
 
 The child never outlives the worker: it exits when the pipe closes, and the kernel kills it
 when the worker dies (``PR_SET_PDEATHSIG``).
@@ -91,6 +93,22 @@ class ParentLink:
         return await self._reply
 
 
+class LinkHealth:
+    """Stands in for the worker's ``Health`` here: each report goes over the pipe to the real one."""
+
+    def __init__(self, link: ParentLink) -> None:
+        self.link = link
+
+    def degrade(self, key: str, reason: str, **detail: Any) -> None:
+        self.link.conn.send(("health", "degrade", (key, reason), detail))
+
+    def clear(self, key: str) -> None:
+        self.link.conn.send(("health", "clear", (key,), {}))
+
+    def notice(self, kind: str, **detail: Any) -> None:
+        self.link.conn.send(("health", "notice", (kind,), detail))
+
+
 class DurableOffsets:
     """Stands in for the engine in ``BatchConsumer``: what the worker's RocksDB holds."""
 
@@ -110,6 +128,7 @@ class ChildRuntime:
         self.failures = 0
         #: The worker's content encoding (its towers' config), known once it is ready.
         self.encoding: ItemEncoding | None = None
+        self.health = LinkHealth(link)
 
     async def wait_ready(self) -> DurableOffsets:
         offsets, self.encoding = await self.link.ready
@@ -148,6 +167,9 @@ class ForwardingItemsConsumer(BatchConsumer):
 
     def _fetch_min_bytes(self) -> int:
         return self.settings.items_fetch_min_bytes
+
+    def _unreadable_found(self, topic: str, action: str) -> None:
+        self.runtime.link.conn.send(("unreadable", topic, action))
 
     async def _process(self, engine: Any, records: list[Any]) -> None:
         events, sources, originals = [], [], []
