@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiokafka import TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
@@ -139,3 +140,29 @@ async def find_unreadable(consumer: Any, tp: TopicPartition, offset: int) -> Unr
                 raise kafka_errors.for_code(error_code)(f"fetching {tp} at {offset}")
             return first_unreadable(tp, bytes(rest[-1] or b""), offset)
     return None
+
+
+async def report_faust_unreadable(consumer: Any, health: Any, count: Any, exc: BaseException) -> None:
+    """Faust's own consumer hit an undecodable batch (users, recommend-requests): say where.
+
+    Faust's fetcher crashes on the error, so its topics stop; this only makes that visible on
+    /healthz and /metrics with the batch's position. Skipping is the operator's, with the
+    worker stopped: move the Faust group's offset past the batch (``kafka-consumer-groups
+    --reset-offsets --to-offset <last_offset + 1>``).
+    """
+    for tp in sorted(consumer.assignment() - consumer.paused(), key=lambda t: (t.topic, t.partition)):
+        try:
+            bad = await find_unreadable(consumer, tp, await consumer.position(tp))
+        except Exception:  # noqa: BLE001 - the broker cannot be asked now: nothing to add to the crash
+            continue
+        if bad is None:
+            continue
+        if bad.key not in health.conditions():
+            count(bad.topic, "stalled")
+        health.degrade(bad.key, f"unreadable record batch at offset {bad.offset}: {bad.reason}",
+                       topic=bad.topic, partition=bad.partition, offset=bad.offset, last_offset=bad.last_offset,
+                       action="Faust's consumer stopped; with the worker stopped, reset the group's offset "
+                              "past last_offset")
+        structlog.get_logger(__name__).error("faust_unreadable_batch", topic=bad.topic, partition=bad.partition,
+                                             offset=bad.offset, last_offset=bad.last_offset, reason=bad.reason,
+                                             error=repr(exc)[:300])

@@ -287,3 +287,24 @@ def test_unreadable_batch_stalls_visibly_then_the_escape_skips_it(
                       f'action="skipped",topic="{settings.topic(topic)}"') == 1
     # The events inside the skipped batches were not applied (they are in the dead letters).
     assert (body["trained_total"], body["items_indexed"]) == (15, 12), body
+
+
+@pytest.mark.timeout(240)
+def test_unreadable_batch_on_a_faust_topic_is_named(
+    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess]
+) -> None:
+    """Faust's consumer (users) cannot skip a batch it cannot decode; /healthz and /metrics say where it is."""
+    settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600)
+    ensure_topics(settings)
+    profiles = [encode(UserProfile(user_id=f"p{k}", features={"k": k}, ts=now())) for k in range(3)]
+    produce_confluent(settings, [("users", b"k", value, 0) for value in profiles], "zstd")
+    produce_raw_batch(settings, "users", 0, corrupt_batch(profiles))
+    worker = start_worker(settings)
+    key = f"unreadable_batch:{settings.topic('users')}:0"
+    body = wait_for(worker, lambda b: key in b.get("conditions", {}), timeout=120)
+    cond = body["conditions"][key]
+    assert (cond["topic"], cond["partition"]) == (settings.topic("users"), 0) and "CRC" in cond["reason"], cond
+    assert cond["last_offset"] - cond["offset"] + 1 == len(profiles), cond
+    assert worker.health()[0] == 503
+    assert metric(worker, "towerstream_unreadable_batches_total",
+                  f'action="stalled",topic="{settings.topic("users")}"') == 1
