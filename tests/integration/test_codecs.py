@@ -308,3 +308,22 @@ def test_unreadable_batch_on_a_faust_topic_is_named(
     assert worker.health()[0] == 503
     assert metric(worker, "towerstream_unreadable_batches_total",
                   f'action="stalled",topic="{settings.topic("users")}"') == 1
+
+
+@pytest.mark.timeout(120)
+def test_drift_tail_reads_every_codec(broker: EmbeddedBroker, topic_prefix: str) -> None:
+    import io
+
+    from towerstream.cli_drift import tail
+    from towerstream.events.drift import DriftReport
+
+    settings = Settings(kafka_bootstrap=broker.bootstrap, topic_prefix=topic_prefix, topic_partitions=1)
+    ensure_topics(settings, ["drift-metrics"])
+    ms = int(time.time() * 1000)
+    for seq, codec in enumerate(CODEC_NAMES, start=1):
+        rep = DriftReport(source="w1", seq=seq, emitted_at_ms=ms, model_version=seq, events=1, events_total=seq, k=10,
+                          probes=0, hits=0, served_lists=0, index_size=0, live_items=0)
+        produce_confluent(settings, [("drift-metrics", b"w1", encode(rep), 0)], codec)
+    out = io.StringIO()
+    assert tail(settings, out, from_beginning=True, max_reports=len(CODEC_NAMES), duration_s=30, as_json=True) == 5
+    assert [json.loads(line)["seq"] for line in out.getvalue().splitlines()] == [1, 2, 3, 4, 5]
