@@ -385,6 +385,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
         await self.runtime.dead_letter(Record(bad.topic, bad.partition, bad.offset, None, bad.raw),
                                        reason, "unreadable_batch")
         consumer.seek(bad.tp, bad.next_offset)
+        self._returned[bad.tp] = bad.next_offset  # not something to read again
         self._done[bad.tp] = max(self._done.get(bad.tp, 0), bad.next_offset)
         self._unreadable_found(bad.topic, "skipped")
         self.runtime.health.notice("unreadable_batch_skipped", topic=bad.topic, partition=bad.partition,
