@@ -115,11 +115,15 @@ def batch_codecs(settings: Settings, topic: str, partitions: int) -> set[str]:
 
 # ----- every codec, every consumer --------------------------------------------------------------
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("items_consumer", ["process", "batch"])
 def test_worker_applies_events_in_every_codec(
-    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess]
+    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess],
+    items_consumer: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Items (child process), interactions (batch reader) and users (Faust agent), 20 of each per codec."""
-    settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600)
+    """Items (child process, or in the worker), interactions (batch reader), users (Faust agent): 20 per codec."""
+    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", items_consumer)  # workers inherit the environment
+    settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600,
+                               items_consumer=items_consumer)
     ensure_topics(settings)
     worker = start_worker(settings)
     users_before = worker.wait_ready(90)["users_known"]  # the anonymous user
