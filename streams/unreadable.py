@@ -27,6 +27,8 @@ from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodec
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 
+log = structlog.get_logger(__name__)
+
 #: Bytes asked for per partition: the broker returns at least the first whole batch anyway.
 FETCH_BYTES = 1024 * 1024
 #: How long the broker may wait for data (the test broker returns nothing at 0).
@@ -116,7 +118,8 @@ def _why_unreadable(chunk: bytes) -> str | None:
         for _ in batch:
             pass
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises is the reason
-        return f"{type(exc).__name__}: {str(exc)[:200]} ({codec})"
+        name, text = type(exc).__name__, str(exc)[:200]
+        return f"{text if text.startswith(name) else f'{name}: {text}'} ({codec})"
     return None
 
 
@@ -163,6 +166,5 @@ async def report_faust_unreadable(consumer: Any, health: Any, count: Any, exc: B
                        topic=bad.topic, partition=bad.partition, offset=bad.offset, last_offset=bad.last_offset,
                        action="Faust's consumer stopped; with the worker stopped, reset the group's offset "
                               "past last_offset")
-        structlog.get_logger(__name__).error("faust_unreadable_batch", topic=bad.topic, partition=bad.partition,
-                                             offset=bad.offset, last_offset=bad.last_offset, reason=bad.reason,
-                                             error=repr(exc)[:300])
+        log.error("faust_unreadable_batch", topic=bad.topic, partition=bad.partition, offset=bad.offset,
+                  last_offset=bad.last_offset, reason=bad.reason, error=repr(exc)[:300])
