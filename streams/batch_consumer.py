@@ -270,7 +270,8 @@ class BatchConsumer(Service):  # type: ignore[misc]
                          offset=durable, committed=position)
 
     # ----- unreadable batches -------------------------------------------------------------------
-    def _note_returned(self, got: dict[TopicPartition, list[ConsumerRecord]]) -> dict[TopicPartition, list[ConsumerRecord]]:
+    def _note_returned(self, got: dict[TopicPartition, list[ConsumerRecord]]
+                       ) -> dict[TopicPartition, list[ConsumerRecord]]:
         for tp, batch in got.items():
             if batch:
                 self._returned[tp] = batch[-1].offset + 1

@@ -213,7 +213,8 @@ def produce_raw_batch(settings: Settings, topic: str, partition: int, batch: byt
         try:
             cluster = await client.fetch_all_metadata()
             node = cluster.leader_for_partition(TopicPartition(settings.topic(topic), partition))
-            resp = await client.send(node, ProduceRequest(None, -1, 10_000, [(settings.topic(topic), [(partition, batch)])]))
+            request = ProduceRequest(None, -1, 10_000, [(settings.topic(topic), [(partition, batch)])])
+            resp = await client.send(node, request)
             assert resp.topics[0][1][0][1] == 0, resp  # accepted
         finally:
             await client.close()
