@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer
@@ -32,7 +33,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 
 from producers.producer import EventProducer
 from producers.topics import ensure_topics
-from streams.unreadable import CODECS
+from streams.unreadable import CODECS, FETCH_BYTES, FETCH_WAIT_MS
 from tests.conftest import worker_settings
 from tests.integration.cli_helpers import cli
 from tests.integration.test_interactions_consumer import dead_letters
@@ -88,9 +89,6 @@ def batch_codecs(settings: Settings, topic: str, partitions: int) -> set[str]:
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None)
         await consumer.start()
         try:
-            from streams.unreadable import FETCH_BYTES, FETCH_WAIT_MS
-            from aiokafka.protocol.fetch import FetchRequest
-
             found: set[str] = set()
             for p in range(partitions):
                 tp = TopicPartition(settings.topic(topic), p)
