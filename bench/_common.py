@@ -329,6 +329,7 @@ def bulk_producer(settings: Settings, **overrides: Any) -> Any:
     from producers.kafka_config import client_config
 
     conf: dict[str, Any] = {**client_config(settings, client_id="bench-loader"), "acks": "all", "linger_ms": 20,
+                            "compression_type": settings.compression_type,
                             "batch_size": 512 * 1024, "max_request_size": 4 * 1024 * 1024}
     conf.update(overrides)
     return KafkaProducer(**conf)

@@ -80,6 +80,7 @@ class EventProducer:
     acks="all" so an acknowledged record survives a broker failover; retries are
     bounded by ``delivery_timeout_ms`` (the Kafka client's own upper bound on
     retrying), so a dead broker turns into counted failures, not a hang.
+    ``compression_type`` defaults to ``Settings.producer_compression``.
     Construction raises BrokerUnavailable when no broker answers in ``max_block_ms``.
     """
 
@@ -106,7 +107,7 @@ class EventProducer:
             **client_config(settings, client_id="towerstream-producer"),
             "acks": "all",
             "linger_ms": linger_ms,
-            "compression_type": compression_type,
+            "compression_type": compression_type or settings.compression_type,
             "max_block_ms": max_block_ms,
             "bootstrap_timeout_ms": max_block_ms,
             "request_timeout_ms": request_timeout_ms,

@@ -24,6 +24,7 @@ from streams.batch_consumer import BatchConsumer, InteractionsConsumer, ItemsCon
 from streams.items_reader import ItemsReaderProcess
 from streams.membership import current_member_id, rejoin_as_previous_member, watch_member
 from streams.runtime import WorkerRuntime
+from streams.unreadable import is_decoding_error, report_faust_unreadable
 from streams.views import build_web_app
 from towerstream.events.deadletter import MAX_RECORD_BYTES
 from towerstream.logs import configure_logging, undo_spinner_debug_level
@@ -31,6 +32,9 @@ from towerstream.query_priority import pause_loop_for_queries, serving_loop_coun
 from towerstream.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
+
+#: The runtime whose /healthz reports an undecodable batch Faust's consumer fetched (one app a process).
+_faust_health: list[WorkerRuntime] = []
 
 
 def _patch_fetch_wait(ms: int) -> None:
@@ -60,6 +64,33 @@ def _patch_fetch_wait(ms: int) -> None:
             return _Consumer if name == "AIOKafkaConsumer" else getattr(aiokafka, name)
 
     driver.aiokafka = _Module()  # type: ignore[assignment]
+
+
+def _patch_faust_unreadable() -> None:
+    """Faust's fetcher crashes on a batch it cannot decode and its topics stop: name the batch first.
+
+    Faust reads records with aiokafka's fetcher directly, in its consumer thread (where this runs,
+    so the lookup uses that thread's connections); ``/healthz`` then shows where it stopped.
+    """
+    import faust.transport.drivers.aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    if getattr(cls, "_towerstream_unreadable", False):
+        return
+    fetch_records = cls._fetch_records
+
+    async def _fetch_records(self: Any, consumer: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fetch_records(self, consumer, *args, **kwargs)
+        except Exception as exc:
+            if _faust_health and is_decoding_error(exc):
+                await report_faust_unreadable(
+                    consumer, _faust_health[-1].health,
+                    lambda topic, action: metrics.UNREADABLE_BATCHES.labels(topic, action).inc(), exc)
+            raise
+
+    cls._fetch_records = _fetch_records
+    cls._towerstream_unreadable = True
 
 
 class _TableManager(TableManager):  # type: ignore[misc]
@@ -99,6 +130,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.batch_max * 4),
         producer_acks=-1,
+        producer_compression_type=settings.compression_type,
         # A dead letter carries a refused record of up to 2 MiB, base64-encoded.
         producer_max_request_size=MAX_RECORD_BYTES,
         # Tansu reports end offsets too low; this check would raise falsely. We keep no tables.
@@ -107,6 +139,8 @@ def create_app(settings: Settings) -> faust.App:
     )
     app.boot_strategy.enable_web = False  # wins over ``faust worker``'s --with-web default
     runtime = WorkerRuntime(settings)
+    _faust_health.append(runtime)
+    _patch_faust_unreadable()
     if settings.gil_switch_interval_ms > 0:
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     app.towerstream_runtime = runtime  # type: ignore[attr-defined]

@@ -26,6 +26,21 @@ partitions up to the end offsets they had when it joined its group; until then `
 says "catching up". A worker that restarts with nothing of the catalog in RocksDB (its
 predecessor stopped before reading it, or lost it with its checkpoints) then reports ready only
 once the catalog on the topic is indexed, the way a GlobalKTable bootstraps before serving.
+
+A record batch that cannot be decoded (bad CRC, a codec no library here reads) would stop its
+partition for good while the reader looked busy: aiokafka raises without naming the partition
+and fetches the same bytes at every poll. The reader finds the batch (``streams.unreadable``),
+applies the records before it, and then, by ``Settings.unreadable_batches``:
+
+- ``stall`` (the default): pauses that partition at the batch's offset, other partitions read
+  on. /healthz turns 503 naming topic, partition, offset range and reason, the batch is counted
+  (``towerstream_unreadable_batches_total{topic,action}``) and logged every few seconds. An
+  unreadable batch means a client or broker an operator must look at, and the records in it
+  may matter: the reader does not decide alone that they are lost.
+- ``skip``: the operator's escape. The batch's raw bytes go to the dead-letter topic (kind
+  ``unreadable_batch``, its base offset, the range in the reason), a notice on /healthz and the
+  counter record it, and the partition reads on after it; its offsets count as done once the
+  dead letter is sent (it is flushed before they are committed).
 """
 
 from __future__ import annotations
@@ -41,8 +56,11 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from streams import metrics
+from streams.decoding import Record
 from streams.kafka_auth import aiokafka_kwargs
 from streams.membership import watch_member
+from streams.unreadable import UnreadableBatch, find_unreadable, is_decoding_error
 from towerstream.settings import Settings
 
 if TYPE_CHECKING:  # the engine side, imported where used: the items reader's child process has no torch
@@ -55,6 +73,10 @@ log = structlog.get_logger(__name__)
 COMMIT_INTERVAL_S = 1.0
 #: How long one ``getmany`` waits when nothing is buffered (bounds how fast a stop is noticed).
 POLL_TIMEOUT_MS = 200
+#: A partition stalled at an unreadable batch is logged again this often (seconds).
+UNREADABLE_LOG_EVERY_S = 5.0
+#: How long the reader tries to read the records in front of an unreadable batch at once.
+READ_BEFORE_S = 10.0
 
 
 def group_id(settings: Settings, topic: str = "interactions") -> str:
@@ -108,6 +130,11 @@ class BatchConsumer(Service):  # type: ignore[misc]
         #: End offsets of the first assignment, taken once: what "caught up" is measured against.
         self._catch_up_to: dict[TopicPartition, int] | None = None
         self._caught_up = False
+        self._take_error: Exception | None = None  # raised by a later getmany of a take: raised next take
+        self._unreadable: dict[TopicPartition, UnreadableBatch] = {}  # found; records before it in flight
+        self._stalled: dict[TopicPartition, UnreadableBatch] = {}  # paused at the batch (policy "stall")
+        self._unreadable_logged = 0.0  # when stalled partitions or an unlocated decoding error were last logged
+        self._returned: dict[TopicPartition, int] = {}  # offset after the last record getmany handed us
 
     async def on_start(self) -> None:
         self._task = self.add_future(self._run())
@@ -156,12 +183,20 @@ class BatchConsumer(Service):  # type: ignore[misc]
                 await self._seek_to_durable(engine)
             if self.gates_readiness and not self._caught_up:
                 await self._check_caught_up(consumer)
+            if self._unreadable:
+                await self._settle_unreadable(consumer)
+            self._remind_stalled()
             try:
                 got = await self._take(consumer)
-            except KafkaError as exc:  # e.g. a coordinator error aiokafka hands back: log it, go on
-                log.warning(f"{self.name}_fetch_failed", error=repr(exc)[:300])
-                await asyncio.sleep(1.0)
-                continue
+            except Exception as exc:
+                if is_decoding_error(exc):  # a batch that cannot be read: find it, read up to it
+                    got = await self._locate_unreadable(consumer, engine, exc)
+                elif isinstance(exc, KafkaError):  # e.g. a coordinator error aiokafka hands back: log it, go on
+                    log.warning(f"{self.name}_fetch_failed", error=repr(exc)[:300])
+                    await asyncio.sleep(1.0)
+                    continue
+                else:
+                    raise
             assigned = consumer.assignment()  # a rebalance while taking: drop what is no longer ours
             got = {tp: batch for tp, batch in got.items() if tp in assigned}
             if not got:
@@ -172,6 +207,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
                     await self._process(engine, records)
                 except Exception:  # noqa: BLE001 - a bug, not bad input (that is dead-lettered): retry
                     log.exception(f"{self.name}_batch_failed", records=len(records))
+                    self._unreadable.clear()  # settled only after the records before them are applied
                     for tp, batch in got.items():  # read it again: its offsets are not done
                         log.warning(f"{self.name}_batch_retried", topic=tp.topic, partition=tp.partition,
                                     offset=batch[0].offset, records=len(batch))
@@ -189,14 +225,22 @@ class BatchConsumer(Service):  # type: ignore[misc]
         traffic read as it trickles in (a record or two per fetch) would cost a step per event.
         """
         s = self.settings
-        got = await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=s.batch_max)
+        if self._take_error is not None:
+            exc, self._take_error = self._take_error, None
+            raise exc
+        got = self._note_returned(await consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=s.batch_max))
         n = sum(len(batch) for batch in got.values())
         deadline = time.monotonic() + s.batch_within_s
         while 0 < n < s.batch_max and not self._closing:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            more = await consumer.getmany(timeout_ms=max(int(left * 1000), 1), max_records=s.batch_max - n)
+            try:
+                more = self._note_returned(
+                    await consumer.getmany(timeout_ms=max(int(left * 1000), 1), max_records=s.batch_max - n))
+            except Exception as exc:  # noqa: BLE001 - the records taken so far are consumed: hand them on
+                self._take_error = exc
+                break
             for tp, batch in more.items():
                 got.setdefault(tp, []).extend(batch)
                 n += len(batch)
@@ -259,6 +303,153 @@ class BatchConsumer(Service):  # type: ignore[misc]
         log.info(f"{self.name}_caught_up", group=self.group,
                  end_offsets={f"{tp.topic}:{tp.partition}": off for tp, off in self._catch_up_to.items()})
         self.runtime.caught_up(self.name)
+    # ----- unreadable batches -------------------------------------------------------------------
+    def _note_returned(self, got: dict[TopicPartition, list[ConsumerRecord]]
+                       ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        for tp, batch in got.items():
+            if batch:
+                self._returned[tp] = batch[-1].offset + 1
+        return got
+
+    async def _rewind_dropped(self, consumer: AIOKafkaConsumer, engine: Any) -> None:
+        """Read again what aiokafka consumed but never handed over.
+
+        When one partition's batch raises inside ``getmany``, the records already taken from
+        other partitions in that call are dropped while their positions have moved on: without
+        this they would be skipped silently. Event ids make reading them again harmless.
+        """
+        for tp in consumer.assignment() - consumer.paused():
+            try:
+                position = await consumer.position(tp)
+                returned = self._returned.get(tp)
+                if returned is None:  # nothing handed over since assignment: reading began here
+                    committed = await consumer.committed(tp)
+                    returned = max(committed or 0, engine.offsets.get(f"{tp.topic}:{tp.partition}", 0))
+            except KafkaError:
+                continue
+            if position > returned:
+                consumer.seek(tp, returned)
+                log.warning(f"{self.name}_dropped_records_read_again", topic=tp.topic, partition=tp.partition,
+                            offset=returned, position=position)
+
+    async def _locate_unreadable(self, consumer: AIOKafkaConsumer, engine: Any,
+                                 exc: Exception) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Find the batch behind a decoding error; the records in front of it, to be applied first."""
+        await self._rewind_dropped(consumer, engine)
+        found: list[UnreadableBatch] = []
+        for tp in sorted(consumer.assignment() - consumer.paused(), key=lambda t: (t.topic, t.partition)):
+            try:
+                bad = await find_unreadable(consumer, tp, await consumer.position(tp))
+            except KafkaError as err:  # the broker could not be asked now: the next error asks again
+                log.warning(f"{self.name}_unreadable_lookup_failed", topic=tp.topic, partition=tp.partition,
+                            error=repr(err)[:300])
+                continue
+            if bad is not None:
+                found.append(bad)
+        if not found:
+            now = time.monotonic()
+            if now - self._unreadable_logged >= UNREADABLE_LOG_EVERY_S:
+                self._unreadable_logged = now
+                log.warning(f"{self.name}_fetch_failed", error=repr(exc)[:300],
+                            detail="a decoding error no partition's next batch reproduces")
+            await asyncio.sleep(1.0)
+            return {}
+        got: dict[TopicPartition, list[ConsumerRecord]] = {}
+        for bad in found:
+            if bad.tp not in self._unreadable:
+                log.error(f"{self.name}_unreadable_batch", topic=bad.topic, partition=bad.partition,
+                          offset=bad.offset, last_offset=bad.last_offset, reason=bad.reason,
+                          policy=self.settings.unreadable_batches)
+            self._unreadable[bad.tp] = bad
+            before = await self._read_before(consumer, bad.tp, bad.offset)
+            if before:
+                got[bad.tp] = before
+        return got
+
+    async def _read_before(self, consumer: AIOKafkaConsumer, tp: TopicPartition, end: int) -> list[ConsumerRecord]:
+        """The readable records of ``tp`` below offset ``end`` (at most ``batch_max``).
+
+        aiokafka decodes a fetch lazily and stops at ``max_records``: asking for no more records
+        than there are offsets before the batch never touches it. If that fails (gaps in the
+        offsets), one record at a time; the first failure then is the batch itself.
+        """
+        out: list[ConsumerRecord] = []
+        one_by_one = False
+        deadline = time.monotonic() + READ_BEFORE_S
+        while len(out) < self.settings.batch_max and time.monotonic() < deadline and not self._closing:
+            position = await consumer.position(tp)
+            if position >= end:
+                break
+            want = 1 if one_by_one else min(end - position, self.settings.batch_max - len(out))
+            try:
+                more = await consumer.getmany(tp, timeout_ms=POLL_TIMEOUT_MS, max_records=want)
+            except Exception as exc:  # noqa: BLE001 - the batch itself, or the broker
+                if one_by_one or not is_decoding_error(exc):
+                    break
+                one_by_one = True
+                continue
+            out.extend(r for r in self._note_returned(more).get(tp, []) if r.offset < end)
+        return out
+
+    async def _settle_unreadable(self, consumer: AIOKafkaConsumer) -> None:
+        """Stall or skip each batch found, once the records in front of it are applied."""
+        found, self._unreadable = self._unreadable, {}
+        for tp, bad in found.items():
+            if tp not in consumer.assignment():
+                continue
+            try:
+                position = await consumer.position(tp)
+            except KafkaError:
+                continue  # found again at the next decoding error
+            if position > bad.offset:
+                continue
+            if self.settings.unreadable_batches == "skip":
+                await self._skip_unreadable(consumer, bad)
+            else:
+                consumer.pause(tp)
+                self._stalled[tp] = bad
+                self._unreadable_found(bad.topic, "stalled")
+                self.runtime.health.degrade(
+                    bad.key, f"unreadable record batch at offset {bad.offset}: {bad.reason}",
+                    topic=bad.topic, partition=bad.partition, offset=bad.offset, last_offset=bad.last_offset,
+                    action="partition stalled; TOWERSTREAM_UNREADABLE_BATCHES=skip dead-letters the batch and reads on")
+                self._unreadable_logged = 0.0  # log it now
+
+    async def _skip_unreadable(self, consumer: AIOKafkaConsumer, bad: UnreadableBatch) -> None:
+        reason = f"unreadable record batch, offsets {bad.offset}-{bad.last_offset}: {bad.reason}"
+        await self.runtime.dead_letter(Record(bad.topic, bad.partition, bad.offset, None, bad.raw),
+                                       reason, "unreadable_batch")
+        consumer.seek(bad.tp, bad.next_offset)
+        self._returned[bad.tp] = bad.next_offset  # not something to read again
+        self._done[bad.tp] = max(self._done.get(bad.tp, 0), bad.next_offset)
+        self._unreadable_found(bad.topic, "skipped")
+        self.runtime.health.notice("unreadable_batch_skipped", topic=bad.topic, partition=bad.partition,
+                                   offset=bad.offset, last_offset=bad.last_offset, reason=bad.reason)
+        log.error(f"{self.name}_unreadable_batch_skipped", topic=bad.topic, partition=bad.partition,
+                  offset=bad.offset, last_offset=bad.last_offset, reason=bad.reason)
+
+    def _unreadable_found(self, topic: str, action: str) -> None:
+        """Count an unreadable batch (the items reader's child hands the count to the worker)."""
+        metrics.UNREADABLE_BATCHES.labels(topic, action).inc()
+
+    def _remind_stalled(self) -> None:
+        now = time.monotonic()
+        if not self._stalled or now - self._unreadable_logged < UNREADABLE_LOG_EVERY_S:
+            return
+        self._unreadable_logged = now
+        for bad in self._stalled.values():
+            log.error(f"{self.name}_partition_stalled", topic=bad.topic, partition=bad.partition,
+                      offset=bad.offset, last_offset=bad.last_offset, reason=bad.reason,
+                      action="set TOWERSTREAM_UNREADABLE_BATCHES=skip to dead-letter the batch and read on")
+
+    def _forget_unreadable(self, tps: set[TopicPartition]) -> None:
+        """Revoked partitions: their new owner finds (and reports) the batch again."""
+        for tp in tps:
+            self._unreadable.pop(tp, None)
+            self._returned.pop(tp, None)
+            bad = self._stalled.pop(tp, None)
+            if bad is not None:
+                self.runtime.health.clear(bad.key)
 
     # ----- offsets ----------------------------------------------------------------------------
     async def _commit_periodically(self) -> None:
@@ -292,6 +483,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
         for tp in revoked:
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
+        self._forget_unreadable(set(revoked))
         log.info(f"{self.name}_partitions_revoked", group=self.group,
                  partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
 

@@ -101,6 +101,8 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
                 proc.kill()
             code = await loop.run_in_executor(None, proc.wait)
             conn.close()
+            # What it reported stalled is its own; its successor finds (and reports) it again.
+            self.runtime.health.clear_prefix(f"unreadable_batch:{self.settings.topic('items')}:")
             if self._closing:
                 log.info("items_reader_stopped", pid=proc.pid, returncode=code)
                 return
@@ -120,6 +122,10 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
                 conn.send(await self._apply(engine, *msg[1:]))
             elif msg[0] == "caught_up":  # after the batches before it, which are applied by now
                 self.runtime.caught_up(msg[1])
+            elif msg[0] == "health" and msg[1] in ("degrade", "clear", "notice"):
+                getattr(self.runtime.health, msg[1])(*msg[2], **msg[3])
+            elif msg[0] == "unreadable":
+                metrics.UNREADABLE_BATCHES.labels(msg[1], msg[2]).inc()
 
     def _receive(self, conn: Connection) -> Any:
         """The next message; a query running meanwhile goes first (the unpickling holds the GIL)."""

@@ -21,7 +21,10 @@ pair. Messages (pickled tuples, ``multiprocessing.connection``):
   /metrics; ``encoded`` the upserts' content as table rows, ``towers.features.EncodedItems``,
   so that ~25 us per item of pure Python runs here and not under the worker's GIL);
   ``("caught_up", name)`` once, when the batches handed over reach the end offsets the topic
-  had when the child joined (the worker's readiness waits for it); ``("stopped",)`` before it exits.
+  had when the child joined (the worker's readiness waits for it);
+  ``("health", method, args, kwargs)`` for the worker's health registry (an unreadable batch:
+  ``streams.health.Health.degrade/clear/notice``) and ``("unreadable", topic, action)`` for its
+  counter, neither answered; ``("stopped",)`` before it exits.
 
 The child never outlives the worker: it exits when the pipe closes, and the kernel kills it
 when the worker dies (``PR_SET_PDEATHSIG``).
@@ -92,6 +95,22 @@ class ParentLink:
         return await self._reply
 
 
+class LinkHealth:
+    """Stands in for the worker's ``Health`` here: each report goes over the pipe to the real one."""
+
+    def __init__(self, link: ParentLink) -> None:
+        self.link = link
+
+    def degrade(self, key: str, reason: str, **detail: Any) -> None:
+        self.link.conn.send(("health", "degrade", (key, reason), detail))
+
+    def clear(self, key: str) -> None:
+        self.link.conn.send(("health", "clear", (key,), {}))
+
+    def notice(self, kind: str, **detail: Any) -> None:
+        self.link.conn.send(("health", "notice", (kind,), detail))
+
+
 class DurableOffsets:
     """Stands in for the engine in ``BatchConsumer``: what the worker's RocksDB holds."""
 
@@ -111,6 +130,7 @@ class ChildRuntime:
         self.failures = 0
         #: The worker's content encoding (its towers' config), known once it is ready.
         self.encoding: ItemEncoding | None = None
+        self.health = LinkHealth(link)
 
     async def wait_ready(self) -> DurableOffsets:
         offsets, self.encoding = await self.link.ready
@@ -155,6 +175,9 @@ class ForwardingItemsConsumer(BatchConsumer):
     def _fetch_min_bytes(self) -> int:
         return self.settings.items_fetch_min_bytes
 
+    def _unreadable_found(self, topic: str, action: str) -> None:
+        self.runtime.link.conn.send(("unreadable", topic, action))
+
     async def _process(self, engine: Any, records: list[Any]) -> None:
         events, sources, originals = [], [], []
         for msg, ev in zip(records, decode_all(records, decode_item)):
@@ -185,7 +208,8 @@ async def _started_producer(settings: Settings) -> AIOKafkaProducer:
     while True:
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap, client_id=group_id(settings, "items"), acks="all",
-            max_request_size=MAX_RECORD_BYTES, **aiokafka_kwargs(settings))
+            max_request_size=MAX_RECORD_BYTES, compression_type=settings.compression_type,
+            **aiokafka_kwargs(settings))
         try:
             await producer.start()
             return producer

@@ -59,3 +59,10 @@ QUERY_PRIORITY_PAUSES = Counter(
 def note_pause(timed_out: bool) -> None:
     """``QueryPriority``'s callback: one wait for running queries, and how it ended."""
     QUERY_PRIORITY_PAUSES.labels("timeout" if timed_out else "done").inc()
+
+
+UNREADABLE_BATCHES = Counter(
+    "towerstream_unreadable_batches_total",
+    "Record batches a reader could not decode (bad CRC, unknown codec), by what it did: stalled, skipped",
+    ["topic", "action"],
+)

@@ -125,6 +125,20 @@ class Settings(BaseSettings):
     protect_reads: bool = False
     max_request_bytes: int = 1_000_000
 
+    # Compression and unreadable record batches
+    #: Codec of every record batch towerstream produces (CLI, replay, HTTP intake, dead letters,
+    #: drift reports, recommend responses). Every consumer reads all of them whatever this says.
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    #: What a batch reader does with a record batch it cannot decode (bad CRC, unknown codec):
+    #: ``stall`` stops that partition at the batch's offset (/healthz 503 names it) until an
+    #: operator acts; ``skip`` dead-letters the batch's raw bytes and reads on after it.
+    unreadable_batches: Literal["stall", "skip"] = "stall"
+
+    @property
+    def compression_type(self) -> str | None:
+        """``producer_compression`` as the Kafka clients spell it (``None``: uncompressed)."""
+        return None if self.producer_compression == "none" else self.producer_compression
+
     def topic(self, name: str) -> str:
         """Full topic name, e.g. ``topic("interactions") -> "towerstream.interactions"``."""
         return f"{self.topic_prefix}.{name}"
