@@ -294,7 +294,9 @@ class BatchConsumer(Service):  # type: ignore[misc]
             if self._catch_up_to is None:
                 self._catch_up_to = dict(await consumer.end_offsets(list(assigned))) if assigned else {}
             for tp, end in self._catch_up_to.items():
-                if tp in assigned and await consumer.position(tp) < end:
+                # A partition stalled at an unreadable batch reads no further: it is as caught up
+                # as it gets, and /healthz names it as degraded instead of "catching up".
+                if tp in assigned and tp not in self._stalled and await consumer.position(tp) < end:
                     return
         except KafkaError as exc:  # e.g. the broker away: try again after the next poll
             log.warning(f"{self.name}_catch_up_unknown", error=repr(exc)[:300])
