@@ -118,6 +118,12 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
                 return
             if msg[0] == "batch":
                 conn.send(await self._apply(engine, *msg[1:]))
+            elif msg[0] == "reset":  # before any batch read from the log start: lower the offset first
+                await self.runtime.log_reset(self.name, msg[1])
+            elif msg[0] == "lag":
+                self.runtime.lag.report(self.name, msg[1])
+            elif msg[0] == "forget":
+                self.runtime.lag.forget(msg[1])
 
     def _receive(self, conn: Connection) -> Any:
         """The next message; a query running meanwhile goes first (the unpickling holds the GIL)."""

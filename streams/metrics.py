@@ -59,3 +59,13 @@ QUERY_PRIORITY_PAUSES = Counter(
 def note_pause(timed_out: bool) -> None:
     """``QueryPriority``'s callback: one wait for running queries, and how it ended."""
     QUERY_PRIORITY_PAUSES.labels("timeout" if timed_out else "done").inc()
+OFFSET_RESETS = Counter(
+    "towerstream_offset_resets_total",
+    "Partitions read again from the log start because the durable offset was outside the log",
+    ["topic", "reason"],  # "past_end": the log was replaced; "before_start": retention or deletion passed it
+)
+CONSUMER_LAG = Gauge(
+    "towerstream_consumer_lag",
+    "Records in the log after this worker's next offset (log end offset minus next offset)",
+    ["topic", "partition"],
+)

@@ -223,6 +223,7 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         conditions = runtime.health.conditions()
         body["conditions"] = conditions
         body["notices"] = runtime.health.notices()
+        body["lag"] = runtime.lag.summary()
         ok = runtime.ready and runtime.kafka_up and not conditions
         starting = "starting" if engine is None or engine.status == "loading" else engine.status
         if ok:
