@@ -21,6 +21,7 @@ from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
 from streams.http_server import HttpServer, deliver_on
 from streams.batch_consumer import BatchConsumer, InteractionsConsumer, ItemsConsumer, group_id
+from streams.faust_offsets import watch_faust_assignments
 from streams.items_reader import ItemsReaderProcess
 from streams.lag import watch_lag
 from streams.membership import current_member_id, rejoin_as_previous_member, watch_member
@@ -126,6 +127,7 @@ def create_app(settings: Settings) -> faust.App:
     runtime.topics = topics  # type: ignore[attr-defined]
 
     register_agents(app, runtime, topics)
+    watch_faust_assignments(app, runtime)
     # Children of the app: they start (and join their groups) alongside Faust's consumer.
     batch_consumers: list[BatchConsumer] = [
         app.add_dependency(cls(app, runtime, topics[cls.name]))

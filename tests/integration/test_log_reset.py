@@ -182,3 +182,53 @@ def test_a_healthy_restart_on_the_same_log_resets_nothing_even_where_the_listed_
     assert body["trained_total"] == 360 and resets(body) == [], body
     assert metric(second, "towerstream_offset_resets_total") == 0
     assert metric(second, "towerstream_duplicates_total") == 0  # nothing re-read either
+
+
+async def _commit(settings: Settings, group: str, topic: str, offset: int) -> None:
+    """Commit ``offset`` for every partition of ``topic`` as a member of ``group`` (empty until then)."""
+    from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+
+    class AsFaust(RoundRobinPartitionAssignor):  # type: ignore[misc]
+        """The broker keeps the group's protocol name ("faust") after its members left."""
+
+        name = "faust"
+
+    c = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap, group_id=group, enable_auto_commit=False,
+                         session_timeout_ms=6000, heartbeat_interval_ms=2000, partition_assignment_strategy=(AsFaust,))
+    await c.start()
+    try:
+        tps = {TopicPartition(topic, p) for p in range(settings.topic_partitions)}
+        deadline = time.monotonic() + 60
+        while c.assignment() != tps and time.monotonic() < deadline:
+            await c.getmany(timeout_ms=200)
+        assert c.assignment() == tps
+        await c.commit({tp: offset for tp in tps})
+    finally:
+        await c.stop()
+
+
+@pytest.mark.timeout(300)
+def test_a_faust_agent_whose_committed_offset_is_past_the_log_end_reads_from_the_start(
+    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess],
+) -> None:
+    """The users agent (Faust's group): a committed offset past the end (as after an unclean
+    leader election, or a topic re-created with the group's offsets kept) must not skip events."""
+    from towerstream.events import UserProfile
+
+    settings = worker_settings(broker, tmp_path / "data", topic_prefix)
+    ensure_topics(settings)
+    first = start_worker(settings)
+    first.wait_ready(120)
+    now = datetime.now(timezone.utc)
+    send(settings, [UserProfile(user_id=f"p{k}", features={"country": "fr"}, ts=now) for k in range(10)])
+    wait_for(first, lambda b: b.get("users_known", 0) >= 10, timeout=60)
+    assert first.stop() == 0
+    asyncio.run(_commit(settings, settings.app_id, settings.topic("users"), 500))
+    second = start_worker(settings)
+    second.wait_ready(120)
+    send(settings, [UserProfile(user_id=f"q{k}", features={"country": "de"}, ts=now) for k in range(10)])
+    body = wait_for(second, lambda b: b.get("users_known", 0) >= 20, timeout=90)
+    got = resets(body)
+    assert got and {(n["reader"], n["topic"], n["reason"]) for n in got} == {("faust", settings.topic("users"), "past_end")}
+    assert all(n["offset"] == 500 for n in got), got
+    assert metric(second, "towerstream_offset_resets_total", f'topic="{settings.topic("users")}"') == len(got)
