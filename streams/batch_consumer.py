@@ -260,6 +260,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
             if durable[tp] > position:
                 log.info(f"{self.name}_seek_to_durable", topic=tp.topic, partition=tp.partition,
                          offset=durable[tp], committed=position)
+        t0 = time.perf_counter()
         try:
             resets = await check_offsets(consumer, wanted, self._new_probe)
         except Exception as exc:  # noqa: BLE001 - e.g. the broker away: check again before reading
@@ -267,6 +268,8 @@ class BatchConsumer(Service):  # type: ignore[misc]
                         partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in wanted))
             self._to_seek |= set(wanted)
             return False
+        log.info(f"{self.name}_offsets_checked", partitions=len(wanted), resets=len(resets),
+                 seconds=round(time.perf_counter() - t0, 3))
         for tp, offset in wanted.items():
             if tp not in consumer.assignment():
                 continue

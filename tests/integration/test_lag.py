@@ -69,11 +69,11 @@ def test_a_backlog_shows_as_lag_and_a_stalled_partition_degrades_healthz_until_i
         assert metric(worker, "towerstream_consumer_lag", f'topic="{topic}"') == len(backlog)
         # Behind and not moving for stall_after_s: /healthz turns 503 and names the partitions.
         stalled = {k for k in keys if parts[k]["lag"] > 0}
-        deadline_body = wait_for(worker, lambda b: {f"stalled:{k}" for k in stalled} <= set(b["conditions"]),
+        stalled_body = wait_for(worker, lambda b: {f"stalled:{k}" for k in stalled} <= set(b["conditions"]),
                                  timeout=60)
         status, body = health(worker)
         assert status == 503 and body["status"].startswith("degraded: ") and "partition stalled" in body["status"]
-        cond = deadline_body["conditions"][f"stalled:{worst}"]
+        cond = stalled_body["conditions"][f"stalled:{worst}"]
         assert cond["lag"] == parts[worst]["lag"] and cond["topic"] == topic, cond
     finally:
         os.kill(pid, signal.SIGCONT)
