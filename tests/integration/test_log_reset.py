@@ -232,3 +232,30 @@ def test_a_faust_agent_whose_committed_offset_is_past_the_log_end_reads_from_the
     assert got and {(n["reader"], n["topic"], n["reason"]) for n in got} == {("faust", settings.topic("users"), "past_end")}
     assert all(n["offset"] == 500 for n in got), got
     assert metric(second, "towerstream_offset_resets_total", f'topic="{settings.topic("users")}"') == len(got)
+
+
+@pytest.mark.timeout(420)
+def test_topics_recreated_under_a_running_worker_lose_no_new_event(
+    broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess],
+) -> None:
+    """The log replaced while the readers read it: their fetch high watermarks fall below their
+    positions (Tansu answers fetches past the end with nothing), which sends them back to the check."""
+    settings = worker_settings(broker, tmp_path / "data", topic_prefix)
+    ensure_topics(settings)
+    worker = start_worker(settings)
+    worker.wait_ready(120)
+    send(settings, items("old", 40))
+    send(settings, clicks("old", 300, "old", 40))
+    wait_for(worker, lambda b: b.get("items_indexed", 0) >= 40 and b.get("trained_total", 0) >= 300, timeout=120)
+    admin = KafkaAdminClient(**client_config(settings, client_id="test-admin"), request_timeout_ms=10_000)
+    try:
+        names = [settings.topic("interactions"), settings.topic("items")]
+        admin.delete_topics(names)
+        deadline = time.monotonic() + 30
+        while set(names) & set(admin.list_topics()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        admin.close()
+    ensure_topics(settings)
+    body = apply_new_and_check(worker, settings, 40, 300)
+    assert {n["topic"] for n in resets(body)} == {settings.topic("interactions"), settings.topic("items")}, body
