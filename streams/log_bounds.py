@@ -52,6 +52,23 @@ class LogReset:
         return asdict(self)
 
 
+def outside(offset: int, log_start: int, listed_end: int, highwater: int | None) -> str | None:
+    """Why ``offset`` lies outside the log ("past_end", "before_start"), or None when it is inside.
+
+    ``highwater``: what a fetch at ``listed_end - 1`` reported, or None when the listed end was
+    not passed (no probe needed) or the probe got no answer (then the offset is kept: better a
+    wait shown as lag than a false reset). The offset ``end`` itself is inside: it is the next
+    record to be written.
+    """
+    if offset < log_start:
+        return "before_start"
+    if offset <= listed_end:
+        return None
+    if highwater is None:
+        return None
+    return "past_end" if offset > max(listed_end, highwater) else None
+
+
 async def probe_highwaters(consumer: AIOKafkaConsumer, at: Mapping[TopicPartition, int],
                            timeout_s: float = PROBE_TIMEOUT_S) -> dict[TopicPartition, int]:
     """The high watermark a fetch at ``at[tp]`` returns, per partition (absent: no answer in time).
@@ -95,15 +112,12 @@ async def check_offsets(consumer: AIOKafkaConsumer, wanted: Mapping[TopicPartiti
             await probe.stop()
     resets: dict[TopicPartition, LogReset] = {}
     for tp in tps:
-        offset, start = wanted[tp], starts[tp]
-        end = max(ends[tp], highwaters.get(tp, ends[tp]))
-        if offset < start:
-            resets[tp] = LogReset(tp.topic, tp.partition, offset, start, end, "before_start")
-        elif offset > end:
-            if tp in beyond and tp not in highwaters:
-                log.warning("log_end_unknown", topic=tp.topic, partition=tp.partition, offset=offset,
-                            listed_end=ends[tp], reason="the probe fetch got no answer; offset kept")
-                continue
-            resets[tp] = LogReset(tp.topic, tp.partition, offset, start, end, "past_end")
+        offset, start, hw = wanted[tp], starts[tp], highwaters.get(tp)
+        if tp in beyond and hw is None:
+            log.warning("log_end_unknown", topic=tp.topic, partition=tp.partition, offset=offset,
+                        listed_end=ends[tp], reason="the probe fetch got no answer; offset kept")
+        reason = outside(offset, start, ends[tp], hw)
+        if reason is not None:
+            resets[tp] = LogReset(tp.topic, tp.partition, offset, start, max(ends[tp], hw or 0), reason)
     return resets
 
