@@ -129,6 +129,16 @@ async def drain_when_idle(runtime: WorkerRuntime) -> None:
             metrics.INDEX_SIZE.set(len(engine.index))
 
 
+def _next_offsets(events: Any) -> dict[str, tuple[int, int | None]]:
+    """Per "topic:partition" of a Faust batch: the offset after its last event (the lag monitor's input)."""
+    out: dict[str, tuple[int, int | None]] = {}
+    for event in events:
+        msg = event.message
+        key = f"{msg.topic}:{msg.partition}"
+        out[key] = (max(out.get(key, (0, None))[0], msg.offset + 1), None)
+    return out
+
+
 def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
     """The agents; the interactions and items ones only with ``interactions_consumer="faust"``
     / ``items_consumer="faust"`` (else ``streams.batch_consumer`` or ``streams.items_reader`` reads them)."""
@@ -172,6 +182,7 @@ def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[
                 if await apply_batch(runtime, events, sources, engine.apply_users, valid, sources) is FAILED:
                     continue
                 metrics.EVENTS.labels(s.topic("users")).inc(len(valid))
+            runtime.lag.report("users", _next_offsets(events))
 
     @app.agent(topics["recommend-requests"], name="recommend-requests")
     async def recommend_requests(stream: faust.StreamT[bytes]) -> None:

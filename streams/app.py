@@ -21,7 +21,9 @@ from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
 from streams.http_server import HttpServer, deliver_on
 from streams.batch_consumer import BatchConsumer, InteractionsConsumer, ItemsConsumer, group_id
+from streams.faust_offsets import watch_faust_assignments
 from streams.items_reader import ItemsReaderProcess
+from streams.lag import watch_lag
 from streams.membership import current_member_id, rejoin_as_previous_member, watch_member
 from streams.runtime import WorkerRuntime
 from streams.unreadable import is_decoding_error, report_faust_unreadable
@@ -159,6 +161,7 @@ def create_app(settings: Settings) -> faust.App:
     runtime.topics = topics  # type: ignore[attr-defined]
 
     register_agents(app, runtime, topics)
+    watch_faust_assignments(app, runtime)
     # Children of the app: they start (and join their groups) alongside Faust's consumer.
     batch_consumers: list[BatchConsumer] = [
         app.add_dependency(cls(app, runtime, topics[cls.name]))
@@ -236,6 +239,20 @@ def create_app(settings: Settings) -> faust.App:
             runtime.kafka_up = up
             metrics.KAFKA_UP.set(1 if up else 0)
             await asyncio.sleep(2)
+
+    @app.task
+    async def lag_monitor() -> None:
+        """End offsets of the partitions the readers report, lag gauges, stalled partitions."""
+        from aiokafka import AIOKafkaConsumer
+
+        await watch_lag(runtime.lag, lambda: AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False,
+            client_id=f"{settings.app_id}-lag", **aiokafka_kwargs(settings)))
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        """Faust's agents' partitions (users) that moved to another worker: no lag reported here."""
+        runtime.lag.forget([f"{tp.topic}:{tp.partition}" for tp in revoked])
 
     @app.timer(interval=min(settings.checkpoint_every_s, 1.0))
     async def periodic_checkpoint() -> None:

@@ -21,6 +21,14 @@ offsets are even considered. A restart re-reads at most the last second; event i
 versions) make that harmless, and a partition is sought to what RocksDB already holds
 (``Engine.offsets``) when that is ahead of the committed offset.
 
+That offset is first checked against the log (``streams.log_bounds``): past its end (the log
+was replaced: broker restarted empty, topic re-created, another cluster) or before its start
+(retention passed it), the partition is read from the log start, and the reset is logged,
+counted and shown on /healthz. The same happens when the log is replaced while the worker
+reads it: a fetch high watermark below the reader's position (Tansu), or aiokafka moving the
+position back to the start after an out-of-range fetch (Kafka). Each reader also reports its
+position and the high watermark per partition to the worker's lag monitor (``streams.lag``).
+
 Readiness: a reader with ``gates_readiness`` (items) tells the runtime once it has applied its
 partitions up to the end offsets they had when it joined its group; until then ``/healthz``
 says "catching up". A worker that restarts with nothing of the catalog in RocksDB (its
@@ -59,6 +67,7 @@ from mode import Service
 from streams import metrics
 from streams.decoding import Record
 from streams.kafka_auth import aiokafka_kwargs
+from streams.log_bounds import LogReset, check_offsets
 from streams.membership import watch_member
 from streams.unreadable import UnreadableBatch, find_unreadable, is_decoding_error
 from towerstream.settings import Settings
@@ -121,6 +130,9 @@ class BatchConsumer(Service):  # type: ignore[misc]
         self._done: dict[TopicPartition, int] = {}  # next offset whose predecessors are durable
         self._committed: dict[TopicPartition, int] = {}
         self._to_seek: set[TopicPartition] = set()
+        #: Next offset to make done per partition, once sought: a fetch that returns records
+        #: before it, or a high watermark below it, means the log changed under the reader.
+        self._next: dict[TopicPartition, int] = {}
         self._closing = False
         self._closed = False
         self._task: asyncio.Future[None] | None = None
@@ -167,6 +179,13 @@ class BatchConsumer(Service):  # type: ignore[misc]
             **aiokafka_kwargs(s),
         )
 
+    def _new_probe(self) -> AIOKafkaConsumer:
+        """A consumer in no group, for one look at where logs end (``streams.log_bounds``)."""
+        s = self.settings
+        return AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False,
+                                client_id=f"{self.group}-probe", fetch_max_wait_ms=s.consumer_max_fetch_wait_ms,
+                                **aiokafka_kwargs(s))
+
     async def _run(self) -> None:
         s = self.settings
         with contextlib.suppress(Exception):  # topics are normally created up front; a failure shows below
@@ -179,8 +198,9 @@ class BatchConsumer(Service):  # type: ignore[misc]
         self._prepare(engine)
         self._committer = asyncio.ensure_future(self._commit_periodically())
         while not self._closing:
-            if self._to_seek:
-                await self._seek_to_durable(engine)
+            if self._to_seek and not await self._seek_to_durable(engine):
+                await asyncio.sleep(1.0)  # the log's bounds are unknown: read nothing unchecked
+                continue
             if self.gates_readiness and not self._caught_up:
                 await self._check_caught_up(consumer)
             if self._unreadable:
@@ -201,6 +221,13 @@ class BatchConsumer(Service):  # type: ignore[misc]
             got = {tp: batch for tp, batch in got.items() if tp in assigned}
             if not got:
                 continue
+            for tp, batch in got.items():
+                expected = self._next.get(tp)
+                if expected is not None and batch[0].offset < expected:
+                    # aiokafka went back to the log start after an out-of-range fetch (Kafka): the
+                    # log was replaced while we read it. These records are read; say so.
+                    await self._apply_reset(engine, LogReset(tp.topic, tp.partition, expected, batch[0].offset,
+                                                             int(consumer.highwater(tp) or 0), "past_end"), seek=False)
             async with self._in_flight:  # acquired without yielding: no revocation in between
                 records = [r for batch in got.values() for r in batch]
                 try:
@@ -217,6 +244,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
                     continue
                 for tp, batch in got.items():
                     self._done[tp] = max(self._done.get(tp, 0), batch[-1].offset + 1)
+                    self._next[tp] = max(self._next.get(tp, 0), batch[-1].offset + 1)
 
     async def _take(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[ConsumerRecord]]:
         """Up to ``batch_max`` records, waiting at most ``batch_within_s`` after the first for more.
@@ -268,21 +296,92 @@ class BatchConsumer(Service):  # type: ignore[misc]
         """What the topic's Faust agent does with a batch."""
         raise NotImplementedError
 
-    async def _seek_to_durable(self, engine: Any) -> None:
-        """Skip what RocksDB already holds (a kill lost the last second of offset commits)."""
-        assert self.consumer is not None
-        tps, self._to_seek = self._to_seek & self.consumer.assignment(), set()
+    async def _seek_to_durable(self, engine: Any) -> bool:
+        """Skip what RocksDB already holds (a kill lost the last second of offset commits), and
+        read from the log start where that offset, or the committed one, is outside the log.
+
+        False when the log's bounds could not be learned: those partitions are checked again.
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        tps, self._to_seek = self._to_seek & consumer.assignment(), set()
+        wanted: dict[TopicPartition, int] = {}
+        durable: dict[TopicPartition, int] = {}
         for tp in tps:
-            durable = engine.offsets.get(f"{tp.topic}:{tp.partition}", 0)
+            durable[tp] = engine.offsets.get(f"{tp.topic}:{tp.partition}", 0)
             try:
-                position = await self.consumer.position(tp)
+                position = await consumer.position(tp)
             except KafkaError as exc:
                 log.warning(f"{self.name}_position_unknown", topic=tp.topic, partition=tp.partition, error=repr(exc))
+                self._to_seek.add(tp)
                 continue
-            if durable > position:
-                self.consumer.seek(tp, durable)
+            wanted[tp] = max(durable[tp], position)
+            if durable[tp] > position:
                 log.info(f"{self.name}_seek_to_durable", topic=tp.topic, partition=tp.partition,
-                         offset=durable, committed=position)
+                         offset=durable[tp], committed=position)
+        t0 = time.perf_counter()
+        try:
+            resets = await check_offsets(consumer, wanted, self._new_probe)
+        except Exception as exc:  # noqa: BLE001 - e.g. the broker away: check again before reading
+            log.warning(f"{self.name}_log_bounds_unknown", error=repr(exc)[:300],
+                        partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in wanted))
+            self._to_seek |= set(wanted)
+            return False
+        log.info(f"{self.name}_offsets_checked", partitions=len(wanted), resets=len(resets),
+                 seconds=round(time.perf_counter() - t0, 3))
+        for tp, offset in wanted.items():
+            if tp not in consumer.assignment():
+                continue
+            if tp in resets:
+                await self._apply_reset(engine, resets[tp], seek=True)
+            else:
+                if durable[tp] >= offset:
+                    consumer.seek(tp, offset)
+                self._next[tp] = offset
+        return not self._to_seek
+
+    async def _apply_reset(self, engine: Any, reset: LogReset, seek: bool) -> None:
+        """Read ``reset``'s partition from the log start; its old offsets no longer mean anything."""
+        tp = TopicPartition(reset.topic, reset.partition)
+        if seek and self.consumer is not None:
+            self.consumer.seek(tp, reset.log_start)
+        self._next[tp] = reset.log_start
+        self._done.pop(tp, None)
+        self._committed.pop(tp, None)
+        await self._reset(engine, reset)
+
+    async def _reset(self, engine: Any, reset: LogReset) -> None:
+        """Record and show the reset (the worker's durable offset, metric, notice)."""
+        await self.runtime.log_reset(self.name, reset)
+
+    # ----- lag --------------------------------------------------------------------------------
+    def _positions(self) -> dict[str, tuple[int, int | None]]:
+        """Per assigned partition: the next offset to make done, and the last fetch's high watermark.
+
+        A high watermark below the next offset means the log shrank under the reader (replaced
+        on Tansu, whose fetches past the end just come back empty): check it again.
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return {}
+        out: dict[str, tuple[int, int | None]] = {}
+        for tp in consumer.assignment():
+            nxt = self._next.get(tp)
+            if nxt is None:
+                continue
+            hw = consumer.highwater(tp)
+            if hw is not None and hw < nxt and tp not in self._to_seek:
+                log.info(f"{self.name}_log_shorter_than_position", topic=tp.topic, partition=tp.partition,
+                         offset=nxt, highwater=hw)
+                self._to_seek.add(tp)
+            out[f"{tp.topic}:{tp.partition}"] = (nxt, hw)
+        return out
+
+    def _report(self, positions: dict[str, tuple[int, int | None]]) -> None:
+        self.runtime.lag.report(self.name, positions)
+
+    def _forget(self, keys: list[str]) -> None:
+        self.runtime.lag.forget(keys)
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         """Tell the runtime, once, when every assigned partition's position has reached the end
@@ -458,6 +557,9 @@ class BatchConsumer(Service):  # type: ignore[misc]
         while not self._closing:
             await asyncio.sleep(COMMIT_INTERVAL_S)
             await self._commit()
+            positions = self._positions()
+            if positions:
+                self._report(positions)
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         """Commit done offsets (of ``only``, else all assigned), after dead letters are delivered."""
@@ -485,6 +587,8 @@ class BatchConsumer(Service):  # type: ignore[misc]
         for tp in revoked:
             self._done.pop(tp, None)
             self._committed.pop(tp, None)
+            self._next.pop(tp, None)
+        self._forget([f"{tp.topic}:{tp.partition}" for tp in revoked])
         self._forget_unreadable(set(revoked))
         log.info(f"{self.name}_partitions_revoked", group=self.group,
                  partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))

@@ -126,6 +126,12 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
                 getattr(self.runtime.health, msg[1])(*msg[2], **msg[3])
             elif msg[0] == "unreadable":
                 metrics.UNREADABLE_BATCHES.labels(msg[1], msg[2]).inc()
+            elif msg[0] == "reset":  # before any batch read from the log start: lower the offset first
+                await self.runtime.log_reset(self.name, msg[1])
+            elif msg[0] == "lag":
+                self.runtime.lag.report(self.name, msg[1])
+            elif msg[0] == "forget":
+                self.runtime.lag.forget(msg[1])
 
     def _receive(self, conn: Connection) -> Any:
         """The next message; a query running meanwhile goes first (the unpickling holds the GIL)."""

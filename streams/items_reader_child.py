@@ -24,7 +24,11 @@ pair. Messages (pickled tuples, ``multiprocessing.connection``):
   had when the child joined (the worker's readiness waits for it);
   ``("health", method, args, kwargs)`` for the worker's health registry (an unreadable batch:
   ``streams.health.Health.degrade/clear/notice``) and ``("unreadable", topic, action)`` for its
-  counter, neither answered; ``("stopped",)`` before it exits.
+  counter, neither answered;
+  ``("stopped",)`` before it exits. Without waiting for an answer: ``("reset", LogReset)``
+  when a partition's offset lies outside its log and it is read from the start (the worker
+  lowers its durable offset and shows the reset), ``("lag", positions)`` every second and
+  ``("forget", keys)`` on revocation, for the worker's lag monitor (``streams.lag``).
 
 The child never outlives the worker: it exits when the pipe closes, and the kernel kills it
 when the worker dies (``PR_SET_PDEATHSIG``).
@@ -49,6 +53,7 @@ from streams.batch_consumer import BatchConsumer, group_id
 from streams.dead_letters import send_dead_letter
 from streams.decoding import Record, decode_all
 from streams.kafka_auth import aiokafka_kwargs
+from streams.log_bounds import LogReset
 from streams.membership import rejoin_as_previous_member
 from towers.features import ItemEncoding
 from towerstream.events import ItemUpsert, decode_item
@@ -150,6 +155,10 @@ class ChildRuntime:
         """As ``WorkerRuntime.caught_up``: every batch before this message has been applied."""
         self.link.conn.send(("caught_up", name))
 
+    def notify(self, msg: tuple[Any, ...]) -> None:
+        """Tell the worker something it does not answer (a reset, positions); the pipe keeps the order."""
+        self.link.conn.send(msg)
+
 
 class _App:
     """``BatchConsumer`` flushes ``app.producer`` before committing offsets (dead letters first)."""
@@ -195,6 +204,16 @@ class ForwardingItemsConsumer(BatchConsumer):
         if reply[0] != "applied":  # BatchConsumer reads the batch again after a second
             raise RuntimeError(f"the worker did not apply the batch: {reply[1]}")
         engine.offsets.update(reply[1])
+
+    async def _reset(self, engine: Any, reset: LogReset) -> None:
+        engine.offsets[reset.key] = reset.log_start  # the worker lowers its own before the next batch
+        self.runtime.notify(("reset", reset))
+
+    def _report(self, positions: dict[str, tuple[int, int | None]]) -> None:
+        self.runtime.notify(("lag", positions))
+
+    def _forget(self, keys: list[str]) -> None:
+        self.runtime.notify(("forget", keys))
 
 
 def _die_with_parent() -> None:

@@ -66,3 +66,13 @@ UNREADABLE_BATCHES = Counter(
     "Record batches a reader could not decode (bad CRC, unknown codec), by what it did: stalled, skipped",
     ["topic", "action"],
 )
+OFFSET_RESETS = Counter(
+    "towerstream_offset_resets_total",
+    "Partitions read again from the log start because the durable offset was outside the log",
+    ["topic", "reason"],  # "past_end": the log was replaced; "before_start": retention or deletion passed it
+)
+CONSUMER_LAG = Gauge(
+    "towerstream_consumer_lag",
+    "Records in the log after this worker's next offset (log end offset minus next offset)",
+    ["topic", "partition"],
+)

@@ -15,6 +15,8 @@ import structlog
 from streams import metrics
 from streams.dead_letters import send_dead_letter
 from streams.health import Health
+from streams.lag import LagMonitor
+from streams.log_bounds import LogReset
 from towers import TowerConfig
 from index_store import WouldBlock
 from towerstream.engine import Engine, EngineConfig
@@ -59,6 +61,8 @@ class WorkerRuntime:
         #: "items" when a batch reader or the reader process reads it): ready means the catalog
         #: on the topic when the worker started is indexed, not only that the engine is open.
         self.catching_up: set[str] = set()
+        #: Per-partition lag of every reader, and stalled partitions (``streams.lag``).
+        self.lag = LagMonitor(self.health, settings.stall_after_s)
         self.started_at = time.time()
         self.dead_letter_topic: Any = None  # set by the app: a faust Topic
         self.last_checkpoint_at = 0.0
@@ -216,6 +220,20 @@ class WorkerRuntime:
                                message, reason, kind, event_id,
                                sent=lambda topic, k: metrics.DEAD_LETTERS.labels(topic, k).inc(),
                                failed=metrics.DEAD_LETTER_FAILURES.inc)
+
+    async def log_reset(self, reader: str, reset: LogReset) -> None:
+        """A reader found its next offset outside the log and reads ``reset.key`` from the log start.
+
+        The engine's durable offset is lowered first (a restart must not seek past the new log
+        again), then the reset is made visible: one warning, a counter, a notice on /healthz.
+        """
+        if self.engine is not None:
+            await self.run_commit(self.engine.reset_offsets, {reset.key: reset.log_start})
+        log.warning("offset_reset", reader=reader, topic=reset.topic, partition=reset.partition, offset=reset.offset,
+                    log_start=reset.log_start, log_end=reset.log_end, reason=reset.reason,
+                    reading_from=reset.log_start)
+        metrics.OFFSET_RESETS.labels(reset.topic, reset.reason).inc()
+        self.health.notice("offset_reset", reader=reader, **reset.detail())
 
     async def checkpoint(self) -> None:
         """Copy the state on the training thread, then serialise and write it on the maintenance thread."""

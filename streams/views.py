@@ -225,6 +225,7 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         body["notices"] = runtime.health.notices()
         catching_up = sorted(runtime.catching_up)
         body["catching_up"] = catching_up
+        body["lag"] = runtime.lag.summary()
         ok = runtime.serving_ready and runtime.kafka_up and not conditions
         starting = "starting" if engine is None or engine.status == "loading" else engine.status
         if ok:

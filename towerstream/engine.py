@@ -277,6 +277,10 @@ class Engine:
             if seq <= self.seq:
                 continue
             entry = json.loads(raw)
+            if entry["t"] == "offsets":  # a log replaced under us: its offsets start again lower
+                self.offsets.update(entry["o"])
+                self.seq = seq
+                continue
             if entry["t"] == "items":
                 self._apply_items_now(
                     [item_from_dict(e) for e in entry["e"]]
@@ -344,6 +348,10 @@ class Engine:
         for key, raw in self.store.scan("j:"):
             entry = json.loads(raw)
             seq = int(key[2:])
+            if entry["t"] == "offsets":
+                self.offsets.update(entry["o"])
+                self.seq = max(self.seq, seq)
+                continue
             if entry["t"] == "interactions":  # items and profiles are already at their last state
                 with self.lock:
                     kept = self.popularity.copy() if seq <= snap_seq else None
@@ -437,6 +445,26 @@ class Engine:
                 self.store.put_bytes(OFFSET_PREFIX + tp, str(self.offsets[tp]).encode(), batch=batch)
             entry += b',"s":' + json.dumps(where).encode()
         self.store.put_bytes(_seq_key(self.seq), entry + b"}", batch=batch)
+
+    def reset_offsets(self, offsets: dict[str, int]) -> None:
+        """Set the next offset of partitions whose log was replaced (``"topic:partition"`` -> offset).
+
+        Why not ``_note_offsets``: that only moves forward, so a new log's lower offsets would
+        never be recorded, and the next restart would seek past the new log's end again. The
+        lowered offsets are journaled in the same WriteBatch as their ``off:`` keys, so a journal
+        replay lowers them at the same point in the order.
+        """
+        if not offsets:
+            return
+        with self.commit_lock:
+            batch = self.store.batch()
+            self.seq += 1
+            for tp, off in offsets.items():
+                self.offsets[tp] = int(off)
+                self.store.put_bytes(OFFSET_PREFIX + tp, str(int(off)).encode(), batch=batch)
+            entry = {"t": "offsets", "o": {tp: int(off) for tp, off in offsets.items()}}
+            self.store.put_bytes(_seq_key(self.seq), json.dumps(entry).encode(), batch=batch)
+            self.store.write(batch)
 
     def _note_offsets(self, sources: Sequence[Sequence[Any] | None] | None) -> set[str]:
         """Advance the next-offset per "topic:partition" past ``sources``; returns those that moved."""

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     #: that much training before its first new event (0 turns the bound off).
     checkpoint_max_replay_s: float = 4.0
     reembed_every_s: float = 300.0
+    #: A partition this worker reads is reported stalled (``/healthz`` 503, ``stalled:<topic>:<partition>``)
+    #: once it has records to read (lag > 0) and its next offset has not moved for this many
+    #: seconds; the condition clears as soon as it moves or catches up.
+    stall_after_s: float = Field(default=60.0, gt=0)
 
     #: Faust's own Prometheus sensor (``towerstream_faust_*``: per-topic, per-stream counters and
     #: latencies). It runs on every event and cost ~10% of the event loop at 1,500 events/s;

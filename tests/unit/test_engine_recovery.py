@@ -203,3 +203,31 @@ def test_a_snapshot_written_after_more_training_holds_its_own_moment(tmp_path: P
         assert (again.model_version, again.trained_in_model, live_ids(again)) == final
     finally:
         again.close()
+
+
+def test_offsets_lowered_after_a_log_reset_survive_replay_checkpoint_and_rebuild(tmp_path: Path) -> None:
+    """A replaced log starts again at lower offsets: ``reset_offsets`` records them durably, at
+    their place in the journal, so no restart seeks the new log to the old log's positions."""
+    eng = Engine.open(tmp_path, SMALL)
+    eng.apply_items([item(1)], [src(7, "t.items", 0)])
+    eng.learn([click(n, 1, 1) for n in range(5)], [src(300 + n) for n in range(5)])
+    eng.checkpoint()
+    eng.learn([click(n, 1, 1) for n in range(5, 8)], [src(400 + n) for n in range(3)])  # journal only
+    eng.reset_offsets({"t.interactions:0": 0})
+    eng.learn([click(n, 1, 1) for n in range(8, 10)], [src(n - 8) for n in range(8, 10)])  # the new log
+    assert eng.offsets == {"t.items:0": 8, "t.interactions:0": 2}
+    durable = {k[len(OFFSET_PREFIX):]: int(v) for k, v in eng.store.scan(OFFSET_PREFIX)}
+    assert durable == eng.offsets
+    eng.close()  # the reset lives only in the journal: replay must lower the offset at its place
+    again = Engine.open(tmp_path, SMALL)
+    assert again.offsets == {"t.items:0": 8, "t.interactions:0": 2}
+    again.checkpoint()  # ...and a checkpoint taken after it carries the lowered offset
+    again.close()
+    third = Engine.open(tmp_path, SMALL)
+    assert third.offsets == {"t.items:0": 8, "t.interactions:0": 2}
+    third.close()
+    for ckpt in checkpoints(tmp_path):  # the rebuild path replays the journal too
+        corrupt(ckpt)
+    rebuilt = Engine.open(tmp_path, SMALL)
+    assert rebuilt.offsets["t.interactions:0"] == 2
+    rebuilt.close()
