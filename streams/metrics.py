@@ -59,3 +59,14 @@ QUERY_PRIORITY_PAUSES = Counter(
 def note_pause(timed_out: bool) -> None:
     """``QueryPriority``'s callback: one wait for running queries, and how it ended."""
     QUERY_PRIORITY_PAUSES.labels("timeout" if timed_out else "done").inc()
+
+
+LOG_LINES_SUPPRESSED = Counter(
+    "towerstream_log_lines_suppressed_total",
+    "Repeated warnings/errors left out of the log (log_repeat_window_s), by logger",
+    ["logger"],
+)
+KAFKA_UNREACHABLE_SINCE = Gauge(
+    "towerstream_kafka_unreachable_since_seconds",
+    "Unix time since which the broker has not answered the worker's probe; 0 while it answers",
+)
