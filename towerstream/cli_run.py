@@ -103,11 +103,12 @@ def _start_fresh(data_dir: Path) -> None:
         print(f"--fresh: no previous state in {data_dir}", file=sys.stderr)
         return
     aside = data_dir.with_name(data_dir.name + ".previous")
-    if aside.exists():
+    replaced = aside.exists()
+    if replaced:
         shutil.rmtree(aside)
     data_dir.rename(aside)
-    print(f"--fresh: moved the previous state {data_dir} to {aside} (replacing an older copy there)",
-          file=sys.stderr)
+    print(f"--fresh: moved the previous state {data_dir} to {aside}"
+          + (" (removing the older copy that was there)" if replaced else ""), file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

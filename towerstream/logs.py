@@ -22,9 +22,11 @@ class RepeatLimiter:
     Below WARNING nothing is limited: info lines are events an operator (and the tests) read.
     """
 
-    def __init__(self, window_s: float, on_suppressed: Callable[[str], None] | None = None) -> None:
+    def __init__(self, window_s: float, on_suppressed: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
         self.on_suppressed = on_suppressed
+        self.clock = clock
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (window start, suppressed)
 
@@ -32,7 +34,7 @@ class RepeatLimiter:
         """``None``: drop this line; else log it, with this many repeats suppressed before it."""
         if self.window_s <= 0:
             return 0
-        now = time.monotonic()
+        now = self.clock()
         key = (logger, template)
         with self._lock:
             started, suppressed = self._seen.get(key, (-1e18, 0))
