@@ -127,6 +127,11 @@ class BoundedStopWorker(FaustWorker):  # type: ignore[misc]
     def _exit_without_leftover_threads(self) -> None:
         """Faust's loop is closed; threads it started may still wait on a gone broker (they are
         not daemons, so Python would wait for them at exit): give them a moment, then exit."""
+        runtime = getattr(self.app, "towerstream_runtime", None)
+        for name in ("train_pool", "serve_pool", "commit_pool", "items_pool", "maintenance_pool"):
+            pool = getattr(runtime, name, None)  # idle by now (the engine is closed): let them go
+            if pool is not None:
+                pool.shutdown(wait=False)
         end = time.monotonic() + THREADS_GRACE_S
         main = threading.main_thread()
         for thread in threading.enumerate():
