@@ -2,8 +2,10 @@
 
 Why: Faust stops its consumer (last commit, leaving the group) before it sends
 ``on_before_shutdown``, where our final checkpoint is written, and flushes its producer after;
-with the broker gone each of those waits without end, so a SIGTERMed worker never checkpointed
-and never exited until SIGKILL. Here the broker steps wait at most ``stop_broker_wait_s`` each,
+with the broker gone each of those can wait without end, and aiokafka's consumer stop can let a
+CancelledError of its own fetch tasks out, which breaks Faust's stop off before the checkpoint.
+Supervisors SIGKILL after their grace (30 s on Kubernetes), so the broker steps wait at most
+``stop_broker_wait_s`` each, the checkpoint runs whichever way Faust's stop ends,
 and a watchdog armed by the first SIGTERM/SIGINT ends the process ``stop_timeout_s`` after it,
 saying whether the final checkpoint was written. A worker started by ``towerstream`` also stops
 when that parent goes away (``towerstream.lifecycle``).
