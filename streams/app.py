@@ -27,9 +27,12 @@ from streams.lag import watch_lag
 from streams.membership import current_member_id, rejoin_as_previous_member, watch_member
 from streams.runtime import WorkerRuntime
 from streams.unreadable import is_decoding_error, report_faust_unreadable
+from streams.shutdown import BoundedStopApp, BoundedStopWorker, StopState, bounded
 from streams.views import build_web_app
 from towerstream.events.deadletter import MAX_RECORD_BYTES
-from towerstream.logs import configure_logging, undo_spinner_debug_level
+from towerstream.broker import port_open
+from towerstream.lifecycle import exit_after
+from towerstream.logs import configure_logging, install_repeat_filter, undo_spinner_debug_level
 from towerstream.query_priority import pause_loop_for_queries, serving_loop_counts_as_query
 from towerstream.settings import Settings, get_settings
 
@@ -110,11 +113,21 @@ class _TableManager(TableManager):  # type: ignore[misc]
         await self.recovery.start()
 
 
+def broker_listening(settings: Settings) -> bool:
+    """Does any bootstrap address accept a connection now (the probe's last answer may be 2 s old)?"""
+    for address in settings.bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        if host and port.isdigit() and port_open(host, int(port), timeout=0.5):
+            return True
+    return False
+
+
 def create_app(settings: Settings) -> faust.App:
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, repeat_window_s=settings.log_repeat_window_s)
+    install_repeat_filter(settings.log_repeat_window_s, lambda name: metrics.LOG_LINES_SUPPRESSED.labels(name).inc())
     _patch_fetch_wait(settings.consumer_max_fetch_wait_ms)
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = BoundedStopApp(
         settings.app_id,
         broker=",".join(f"kafka://{h}" for h in settings.bootstrap.split(",")),
         broker_credentials=faust_credentials(settings),
@@ -138,7 +151,10 @@ def create_app(settings: Settings) -> faust.App:
         # Tansu reports end offsets too low; this check would raise falsely. We keep no tables.
         recovery_consistency_check=False,
         TableManager=_TableManager,
+        Worker=BoundedStopWorker,  # a stop ends within stop_timeout_s; the worker dies with its parent
     )
+    app.towerstream_settings = settings
+    app.towerstream_stop = stop_state = StopState()  # type: ignore[attr-defined]
     app.boot_strategy.enable_web = False  # wins over ``faust worker``'s --with-web default
     runtime = WorkerRuntime(settings)
     _faust_health.append(runtime)
@@ -236,6 +252,12 @@ def create_app(settings: Settings) -> faust.App:
                 up = False
             if up != runtime.kafka_up:
                 log.info("kafka_reachability", reachable=up)
+            if up:
+                runtime.health.clear("kafka")
+            else:  # /healthz shows since when (kept from the first failed probe)
+                runtime.health.degrade("kafka", "broker unreachable", bootstrap=settings.bootstrap)
+            since = runtime.health.conditions().get("kafka", {}).get("since", 0.0)
+            metrics.KAFKA_UNREACHABLE_SINCE.set(since)
             runtime.kafka_up = up
             metrics.KAFKA_UP.set(1 if up else 0)
             await asyncio.sleep(2)
@@ -275,14 +297,41 @@ def create_app(settings: Settings) -> faust.App:
             await asyncio.get_running_loop().run_in_executor(runtime.maintenance_pool, engine.refit_index)
 
     @app.on_before_shutdown.connect
-    async def final_checkpoint(app: faust.App, **kwargs: Any) -> None:
-        for consumer in readers:  # each one's batch in flight durable, offsets committed, group left
-            with contextlib.suppress(Exception):
+    async def before_shutdown(app: faust.App, **kwargs: Any) -> None:
+        await stop_state.finish_once()
+
+    async def final_checkpoint() -> None:
+        async def close_reader(consumer: BatchConsumer | ItemsReaderProcess) -> None:
+            # aiokafka's consumer stop lets a CancelledError of its own fetch tasks out when the
+            # broker is gone: it must not cut the final checkpoint short.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await consumer.close()
-        with contextlib.suppress(Exception):
+
+        # Each one's batch in flight made durable, offsets committed, group left; the broker
+        # parts are given up after stop_broker_wait_s (the items reader bounds its child's stop).
+        await bounded(asyncio.gather(*(close_reader(c) for c in readers)), settings.stop_broker_wait_s + 3.0,
+                      "readers_close")
+        t0, opened = time.perf_counter(), runtime.engine is not None
+        try:
             await runtime.close()
+        except Exception as exc:  # noqa: BLE001 - the journal replays what the checkpoint missed
+            log.error("final_checkpoint_failed", error=repr(exc)[:300])
+        else:
+            stop_state.final_checkpoint = opened
+            if opened:
+                log.info("final_checkpoint_saved", seconds=round(time.perf_counter() - t0, 3))
+            if not runtime.kafka_up or not broker_listening(settings):
+                # All that is left needs the broker, which is gone: one more wait, not the whole bound.
+                def gave_up() -> int:
+                    log.warning("stop_without_broker", seconds=settings.stop_broker_wait_s,
+                                final_checkpoint=stop_state.final_checkpoint,
+                                left_undone="group leave, last commit, producer flush")
+                    return 0 if stop_state.final_checkpoint else 1
+
+                exit_after(settings.stop_broker_wait_s, gave_up)
         await asyncio.get_running_loop().run_in_executor(None, http.stop)
 
+    stop_state.finish = final_checkpoint
     return app
 
 

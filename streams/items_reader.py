@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pickle
 import socket
 import subprocess
@@ -39,8 +40,9 @@ log = structlog.get_logger(__name__)
 
 #: The child's entry point: imported, so what it pickles names its module, not ``__main__``.
 _CHILD_MAIN = "import sys; from streams.items_reader_child import main; main(sys.argv)"
-#: How long a stopping child may take to finish its batch, commit and leave the group.
-STOP_TIMEOUT_S = 30.0
+#: How long a stopping child may take beyond its own bound on the broker steps
+#: (``stop_broker_wait_s``: its last commit and group leave) before it is killed.
+STOP_MARGIN_S = 2.0
 
 
 class ItemsReaderProcess(Service):  # type: ignore[misc]
@@ -67,7 +69,8 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
     def _spawn(self) -> tuple[subprocess.Popen[bytes], Connection]:
         ours, theirs = socket.socketpair()
         with theirs:
-            proc = subprocess.Popen([sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno())], pass_fds=[theirs.fileno()])
+            proc = subprocess.Popen([sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), str(os.getpid())],
+                                    pass_fds=[theirs.fileno()])
         conn = Connection(ours.detach())
         conn.send(("settings", self.settings))
         return proc, conn
@@ -161,10 +164,11 @@ class ItemsReaderProcess(Service):  # type: ignore[misc]
         if proc is not None and conn is not None and proc.poll() is None:
             with contextlib.suppress(OSError):
                 conn.send(("stop",))
+            limit = self.settings.stop_broker_wait_s + STOP_MARGIN_S
             try:  # meanwhile _serve answers the batch the child may still hand over
-                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, proc.wait), STOP_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, proc.wait), limit)
             except asyncio.TimeoutError:
-                log.error("items_reader_stop_timeout", pid=proc.pid, seconds=STOP_TIMEOUT_S)
+                log.error("items_reader_stop_timeout", pid=proc.pid, seconds=limit)
                 proc.kill()
         if self._task is not None and not self._task.done():  # e.g. still waiting for the engine
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):

@@ -31,14 +31,16 @@ pair. Messages (pickled tuples, ``multiprocessing.connection``):
   ``("forget", keys)`` on revocation, for the worker's lag monitor (``streams.lag``).
 
 The child never outlives the worker: it exits when the pipe closes, and the kernel kills it
-when the worker dies (``PR_SET_PDEATHSIG``).
+when the worker dies (``PR_SET_PDEATHSIG``; started with the worker's pid, it also exits if
+the worker died before that was set). It ignores SIGINT (a terminal's Ctrl-C reaches the
+whole process group): the worker stops it over the pipe, and its broker steps then wait at
+most ``stop_broker_wait_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import threading
@@ -58,6 +60,7 @@ from streams.membership import rejoin_as_previous_member
 from towers.features import ItemEncoding
 from towerstream.events import ItemUpsert, decode_item
 from towerstream.events.deadletter import MAX_RECORD_BYTES
+from towerstream.lifecycle import die_with_parent
 from towerstream.logs import configure_logging
 from towerstream.settings import Settings
 
@@ -216,10 +219,10 @@ class ForwardingItemsConsumer(BatchConsumer):
         self.runtime.notify(("forget", keys))
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int | None) -> None:
     """Linux: the kernel sends SIGKILL to this process when the worker dies (even by SIGKILL)."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        die_with_parent(signal.SIGKILL, parent)
 
 
 async def _started_producer(settings: Settings) -> AIOKafkaProducer:
@@ -252,18 +255,23 @@ async def serve(settings: Settings, conn: Connection) -> None:
         error = None if reading.cancelled() else reading.exception()
         log.error("items_reader_failed", error=repr(error)[:300])
         os._exit(1)
-    await consumer.close()  # the batch in flight is applied, done offsets committed, group left
+    wait = settings.stop_broker_wait_s  # the broker may be gone: give its parts up in time
+    try:  # the batch in flight is applied, done offsets committed, group left
+        await asyncio.wait_for(consumer.close(), wait)
+    except (asyncio.TimeoutError, asyncio.CancelledError):  # aiokafka's own fetch tasks, broker gone
+        log.warning("stop_step_gave_up", step="items_consumer_close", seconds=wait)
     with contextlib.suppress(Exception):
-        await producer.stop()
+        await asyncio.wait_for(producer.stop(), 1.0)
     conn.send(("stopped",))
 
 
 def main(argv: list[str]) -> None:
-    _die_with_parent()
+    _die_with_parent(int(argv[2]) if len(argv) > 2 else None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(argv[1]))
     kind, settings = conn.recv()
     assert kind == "settings", kind
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging(settings.log_level, settings.log_json, repeat_window_s=settings.log_repeat_window_s)
     if settings.items_reader_nice:
         os.nice(settings.items_reader_nice)
     rejoin_as_previous_member(settings, group_id(settings, "items"))  # as the worker does for its groups

@@ -76,3 +76,12 @@ CONSUMER_LAG = Gauge(
     "Records in the log after this worker's next offset (log end offset minus next offset)",
     ["topic", "partition"],
 )
+LOG_LINES_SUPPRESSED = Counter(
+    "towerstream_log_lines_suppressed_total",
+    "Repeated warnings/errors left out of the log (log_repeat_window_s), by logger",
+    ["logger"],
+)
+KAFKA_UNREACHABLE_SINCE = Gauge(
+    "towerstream_kafka_unreachable_since_seconds",
+    "Unix time since which the broker has not answered the worker's probe; 0 while it answers",
+)

@@ -77,6 +77,8 @@ class WorkerRuntime:
         self._opening: Future[Engine] | None = None
         self._after_replay: asyncio.Future[None] | None = None
         self._open_t0 = 0.0
+        #: Where the state lives and what opening it found (``/healthz`` "state"; printed by the CLI).
+        self.state: dict[str, Any] = {"data_dir": str(Path(settings.data_dir).resolve())}
         #: Queries first: Faust's loop and the items thread wait (a bounded while) when one runs.
         self.priority = QueryPriority(settings.query_priority_wait_ms / 1000, on_pause=metrics.note_pause,
                                       linger_s=settings.query_priority_linger_ms / 1000,
@@ -123,7 +125,9 @@ class WorkerRuntime:
         return self._opening
 
     def _open_blocking(self) -> Engine:
-        engine = Engine(Path(self.settings.data_dir) / "engine", engine_config(self.settings))
+        engine_dir = Path(self.settings.data_dir) / "engine"
+        self.state["found_state"] = engine_dir.is_dir() and any(engine_dir.iterdir())
+        engine = Engine(engine_dir, engine_config(self.settings))
         engine.pause = self.priority.pause
         self.engine = engine
         engine.restore()
@@ -144,6 +148,15 @@ class WorkerRuntime:
         metrics.READY.set(1 if self.serving_ready else 0)
         metrics.INDEX_SIZE.set(len(self.engine.index))
         log.info("engine_ready", seconds=round(time.perf_counter() - t0, 3), **self.engine.stats())
+        stats = self.engine.stats()
+        self.state["reloaded"] = {
+            "model_version": int(stats["model_version"]), "items": int(stats["items_known"]),
+            "users": max(0, int(stats["users_known"]) - 1),  # less the anonymous user every engine has
+            "trained_in_model": int(stats["trained_in_model"]),
+        } if self.state.get("found_state") else None
+        # Where the state lives and what came back from it: a restart that silently started
+        # afresh (another data dir, a wiped volume) must be visible at once.
+        log.info("state_opened", **self.state)
         if self.engine.replay_s > 0.5:
             # A long replay means the last incarnations died before checkpointing (a crash loop):
             # checkpoint soon, so the next restart does not replay the same journal again, but

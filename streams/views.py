@@ -222,6 +222,9 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
             body.update(engine.stats())
         conditions = runtime.health.conditions()
         body["conditions"] = conditions
+        body["state"] = runtime.state
+        if "kafka" in conditions:  # since when, readable (``since`` in the condition is Unix time)
+            body["kafka_unreachable_since"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(conditions["kafka"]["since"]))
         body["notices"] = runtime.health.notices()
         catching_up = sorted(runtime.catching_up)
         body["catching_up"] = catching_up

@@ -17,6 +17,7 @@ from collections import deque
 from types import TracebackType
 
 from towerstream.errors import TowerstreamError
+from towerstream.lifecycle import pdeathsig_preexec
 
 
 class BrokerError(TowerstreamError):
@@ -59,6 +60,7 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop it ourselves
+            preexec_fn=pdeathsig_preexec(signal.SIGKILL),  # memory only: nothing to save if we die
         )
         ready = threading.Event()
 
@@ -71,12 +73,16 @@ class EmbeddedBroker:
 
         threading.Thread(target=pump, name="tansu-log", daemon=True).start()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BrokerError(f"broker exited with {self.proc.returncode}: {self.tail()}")
-            if ready.is_set() and port_open(self.host, self.port):
-                return self
-            time.sleep(0.02)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise BrokerError(f"broker exited with {self.proc.returncode}: {self.tail()}")
+                if ready.is_set() and port_open(self.host, self.port):
+                    return self
+                time.sleep(0.02)
+        except BaseException:  # e.g. a stop signal (KeyboardInterrupt) while it starts: no orphan
+            self.stop()
+            raise
         self.stop()
         raise BrokerError(f"broker not ready after {timeout}s: {self.tail()}")
 

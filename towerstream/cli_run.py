@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
+import shutil
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from towerstream.broker import EmbeddedBroker, port_open
@@ -41,35 +42,73 @@ def _ensure_topics(settings: Settings) -> None:
     ensure_topics(settings)
 
 
+def say_state(settings: Settings) -> None:
+    """Where the worker's state lives, and whether there is any to reload, before it starts."""
+    data_dir = settings.data_dir.resolve()
+    engine_dir = data_dir / "engine"
+    found = engine_dir.is_dir() and any(engine_dir.iterdir())
+    print(f"state: {data_dir} (RocksDB, checkpoints, Faust data; TOWERSTREAM_DATA_DIR) - "
+          + ("found: reloading it" if found else "none yet: starting fresh"), file=sys.stderr)
+
+
+def say_reloaded(health: dict[str, Any]) -> None:
+    """What the worker reloaded, from its /healthz once it is ready."""
+    state = health.get("state") or {}
+    got = state.get("reloaded")
+    if got:
+        print(f"reloaded from {state.get('data_dir')}: model version {got['model_version']}, {got['items']} items, "
+              f"{got['users']} users, {got['trained_in_model']} interactions trained", file=sys.stderr)
+    else:
+        print(f"fresh state in {state.get('data_dir')}: nothing reloaded", file=sys.stderr)
+
+
+def stop_worker(worker: WorkerProcess) -> int:
+    print("stopping the worker (final checkpoint) ...", file=sys.stderr)
+    t0 = time.monotonic()
+    code = worker.stop()
+    print(f"worker stopped in {time.monotonic() - t0:.1f} s (exit status {code})", file=sys.stderr)
+    return 0 if code == 0 else 1
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings()
+    say_state(settings)
     with kafka_for(settings) as s:
         _ensure_topics(s)
-        worker = WorkerProcess(s)
         env_log = os.environ.get("TOWERSTREAM_WORKER_LOG")
-        if env_log:
-            from pathlib import Path
-
-            worker.log_path = Path(env_log)
         # In the foreground the worker's logs go to our terminal.
-        worker.start() if env_log else _start_inherit(worker)
+        worker = WorkerProcess(s, log_path=Path(env_log) if env_log else None, inherit_output=not env_log)
         try:
+            worker.start()
+            said = False
+            while worker.alive():
+                if not said:
+                    status, body = worker.health()
+                    if status == 200:
+                        say_reloaded(body)
+                        said = True
+                time.sleep(0.5)
             assert worker.proc is not None
-            return worker.proc.wait()
-        except KeyboardInterrupt:
-            return worker.stop() or 0
+            return worker.proc.returncode
+        except KeyboardInterrupt:  # SIGTERM or SIGINT (towerstream.lifecycle.StopSignals)
+            return stop_worker(worker)
+        finally:
+            worker.stop()  # no-op once it has exited; the embedded broker stops after it
 
 
-def _start_inherit(worker: WorkerProcess) -> None:
-    import subprocess
-    from pathlib import Path
-
-    from towerstream.processes import settings_env
-
-    env = {**os.environ, **settings_env(worker.settings), "PYTHONUNBUFFERED": "1"}
-    faust_bin = Path(sys.executable).parent / "faust"
-    cmd = [str(faust_bin)] if faust_bin.exists() else [sys.executable, "-m", "faust"]
-    worker.proc = subprocess.Popen([*cmd, "-A", "streams.app", "worker", "-l", "info"], env=env)
+def _start_fresh(data_dir: Path) -> None:
+    """``demo --fresh``: move the previous state aside (one copy is kept), saying so."""
+    data_dir = data_dir.resolve()
+    if not data_dir.exists() or not any(data_dir.iterdir()):
+        print(f"--fresh: no previous state in {data_dir}", file=sys.stderr)
+        return
+    aside = data_dir.with_name(data_dir.name + ".previous")
+    replaced = aside.exists()
+    if replaced:
+        shutil.rmtree(aside)
+    data_dir.rename(aside)
+    print(f"--fresh: moved the previous state {data_dir} to {aside}"
+          + (" (removing the older copy that was there)" if replaced else ""), file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -78,20 +117,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = Settings()
     data_dir = settings.data_dir
-    stop = {"now": False}
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
+    if args.fresh:
+        _start_fresh(data_dir)
+    say_state(settings)
+    # SIGTERM and SIGINT (even when started in the background) raise KeyboardInterrupt here:
+    # towerstream.cli installs towerstream.lifecycle.StopSignals for every command.
     with kafka_for(settings) as s:
         _ensure_topics(s)
         log_path = data_dir / "worker.log"
-        worker = WorkerProcess(s, log_path=log_path).start()
+        worker = WorkerProcess(s, log_path=log_path)
         try:
+            worker.start()
             print(f"starting worker (logs: {log_path}) ...", file=sys.stderr)
-            worker.wait_ready(timeout=120)
+            say_reloaded(worker.wait_ready(timeout=120))
             url = f"{worker.base_url}/recommend/u1?k=10"
             spec = StreamSpec(users=args.users, items=args.items, interactions=int(args.rate * args.duration),
                               seed=args.seed)
@@ -117,12 +155,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 summary = prod.flush()
             print(f"stream done: {summary.line()}", file=sys.stderr)
             print(f"live recommendations: curl '{url}'  (Ctrl-C to stop)", file=sys.stderr)
-            while not stop["now"] and worker.alive():
+            while worker.alive():
                 time.sleep(0.5)
-            return 0 if worker.alive() else 1
+            return 1
         except KeyboardInterrupt:
             print("\nstopping ...", file=sys.stderr)
-            return 0
+            return stop_worker(worker)
         finally:
             worker.stop()
 
@@ -136,4 +174,6 @@ def register(sub: Any) -> None:
     d.add_argument("--rate", type=float, default=200.0, help="interactions per second")
     d.add_argument("--duration", type=float, default=120.0, help="seconds of interactions to stream")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--fresh", action="store_true",
+                   help="start from nothing: move the data dir's state aside first (to <data dir>.previous)")
     d.set_defaults(func=cmd_demo)

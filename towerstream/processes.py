@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from towerstream.errors import TowerstreamError
+from towerstream.lifecycle import PARENT_PID_ENV, pdeathsig_preexec
 from towerstream.settings import Settings
 
 
@@ -50,12 +52,19 @@ def http_json(url: str, timeout: float = 2.0, data: bytes | None = None, headers
 
 
 class WorkerProcess:
-    """``faust -A streams.app worker`` as a child process with the given settings."""
+    """``faust -A streams.app worker`` as a child process with the given settings.
 
-    def __init__(self, settings: Settings, log_path: Path | None = None, extra_env: dict[str, str] | None = None) -> None:
+    It dies with us: the kernel sends it SIGTERM when the thread that started it exits (start it
+    from the main thread), and it watches our pid itself as well (``towerstream.lifecycle``).
+    Its output goes to ``log_path``, to our own stdout/stderr with ``inherit_output``, or nowhere.
+    """
+
+    def __init__(self, settings: Settings, log_path: Path | None = None, extra_env: dict[str, str] | None = None,
+                 inherit_output: bool = False) -> None:
         self.settings = settings
         self.log_path = log_path
         self.extra_env = extra_env or {}
+        self.inherit_output = inherit_output
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -64,7 +73,8 @@ class WorkerProcess:
         return f"http://{self.settings.web_host}:{self.settings.web_port}"
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **settings_env(self.settings), **self.extra_env, "PYTHONUNBUFFERED": "1",
+               PARENT_PID_ENV: str(os.getpid())}
         faust_bin = Path(sys.executable).parent / "faust"
         cmd = [str(faust_bin)] if faust_bin.exists() else [sys.executable, "-m", "faust"]
         level = {"warning": "warn", "critical": "crit"}.get(self.settings.log_level, self.settings.log_level)
@@ -73,9 +83,13 @@ class WorkerProcess:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
+        out: IO[bytes] | int | None = None if self.inherit_output else (self._log or subprocess.DEVNULL)
         self.proc = subprocess.Popen(
-            cmd, env=env, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            cmd, env=env, stdout=out, stderr=None if self.inherit_output else subprocess.STDOUT,
+            # Out of the terminal's process group: Ctrl-C reaches us, and we stop the worker.
             start_new_session=True,
+            # SIGTERM, not SIGKILL: a worker whose parent died still writes its final checkpoint.
+            preexec_fn=pdeathsig_preexec(signal.SIGTERM),
         )
         return self
 
@@ -99,11 +113,19 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (graceful: final checkpoint), then SIGKILL if it does not exit in time."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM (graceful: final checkpoint), then SIGKILL if it does not exit in time.
+
+        The worker bounds its own stop (``stop_timeout_s``); ``timeout`` (default a little
+        more than that) is for a worker that cannot even do that.
+        """
         if self.proc is None:
             return None
+        if timeout is None:
+            timeout = self.settings.stop_timeout_s + 5.0
         if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)  # a paused worker cannot act on SIGTERM
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)

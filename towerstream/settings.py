@@ -138,6 +138,18 @@ class Settings(BaseSettings):
     #: operator acts; ``skip`` dead-letters the batch's raw bytes and reads on after it.
     unreadable_batches: Literal["stall", "skip"] = "stall"
 
+    # Stopping and outages
+    #: A stopping worker (SIGTERM/SIGINT) exits at most this long after the signal, whatever it
+    #: waits for; its final checkpoint comes first. Below Kubernetes' default 30 s grace.
+    stop_timeout_s: float = Field(default=20.0, gt=0)
+    #: Each step of a stop that needs the broker (a group's last commit and leave, the producer's
+    #: flush) waits at most this long: with the broker gone the stop still ends in time.
+    stop_broker_wait_s: float = Field(default=5.0, gt=0)
+    #: Warnings and errors that repeat (same logger, same message template) are logged once per
+    #: this many seconds, the next one saying how many were suppressed: a broker outage then
+    #: costs a few lines every few seconds instead of hundreds a second. 0 logs every one.
+    log_repeat_window_s: float = Field(default=10.0, ge=0)
+
     @property
     def compression_type(self) -> str | None:
         """``producer_compression`` as the Kafka clients spell it (``None``: uncompressed)."""
