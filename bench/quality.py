@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dev:
         records = first_half(records)
         dev_path = CACHE / f"dev-{path.name}"
-        write_recording(records, dev_path)
+        if not dev_path.exists():  # written once, atomically: parallel tuning runs read it
+            tmp = dev_path.with_suffix(f".{os.getpid()}.tmp")
+            write_recording(records, tmp)
+            tmp.replace(dev_path)
         path = dev_path
     tower_over: dict[str, Any] = {}
     for kv in args.tower:

@@ -34,6 +34,12 @@ class TowerConfig:
     learn_temperature: bool = False
     #: Initial recency decay of the history pooling weights (learned afterwards).
     recency_init: float = 0.2
+    #: Last-items path of the user tower: the ``recent_len`` most recent history items pooled with
+    #: position weights of their own, beside the pooled history, so the tower can weigh what the
+    #: user took last apart from the long-term mean. 0 = off (the tower without it).
+    recent_len: int = 10
+    #: Initial decay of the last-items path's position logits (learned afterwards).
+    recent_init: float = 0.3
     id_init_std: float = 0.01
     sparse_lr: float = 0.002
     dense_lr: float = 0.001
