@@ -51,6 +51,8 @@ RECBOLE = "recbole==1.2.1"
 #: Design choices switched off one at a time (``--ablations``): name -> TowerConfig overrides
 #: (keys starting with ``engine.`` go to EngineConfig).
 ABLATIONS: dict[str, dict[str, Any]] = {
+    "no last-items path": {"recent_len": 0},
+    "previous defaults (no last-items path, bonus 0.2)": {"recent_len": 0, "explore_bonus": 0.2},
     "no exploration bonus": {"explore_bonus": 0.0},
     "no rolling re-embed": {"engine.reembed_per_learn": 0},
     "full logQ (strength 1)": {"logq_strength": 1.0},
