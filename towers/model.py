@@ -139,9 +139,11 @@ class TwoTowerModel(nn.Module):
     ) -> torch.Tensor:
         """(B,) rows, (B, D) pooled history, (B, F) feature buckets, (B, D) last items -> (B, D) normalised."""
         u = self.user_id(user_rows)
-        parts = [u, hist_pool] if recent is None else [u, hist_pool, recent]
-        x = torch.cat([*parts, self.feats(feat_ids)], dim=-1)
-        return F.normalize(sum(parts[1:], u) + self.user_mlp(x), dim=-1)
+        if recent is None:
+            x = torch.cat([u, hist_pool, self.feats(feat_ids)], dim=-1)
+            return F.normalize(u + hist_pool + self.user_mlp(x), dim=-1)
+        x = torch.cat([u, hist_pool, recent, self.feats(feat_ids)], dim=-1)
+        return F.normalize(u + hist_pool + recent + self.user_mlp(x), dim=-1)
 
     def inv_temperature(self) -> torch.Tensor:
         return self.log_inv_temp.clamp(max=math.log(100.0)).exp()
