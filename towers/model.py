@@ -3,8 +3,9 @@
 Item tower: item id embedding (dynamic, one row per item, no hash collisions)
 + content (text tokens, categories, creator, numbers) -> residual MLP -> L2-normalised (D,).
 User tower: the user's recent items, embedded by the item tower itself and pooled with
-learned recency weights (most recent first), + user id embedding + profile/context features
--> residual MLP -> L2-normalised (D,). Because history items go through the item tower, a new
+learned recency weights (most recent first), + a last-items path (the few most recent items,
+pooled with weights of their own) + user id embedding + profile/context features -> residual
+MLP -> L2-normalised (D,). Because history items go through the item tower, a new
 item is useful in a history from its content alone, and a user vector exists from the first
 event on.
 """
@@ -63,7 +64,11 @@ class TwoTowerModel(nn.Module):
         # Recency weights over history positions (0 = most recent), initialised to a decay.
         decay = cfg.recency_init
         self.pos_logit = nn.Parameter(torch.tensor([-decay * p for p in range(cfg.history_len)]))
-        self.user_mlp = nn.Sequential(nn.Linear(3 * d, h), nn.ReLU(), nn.Linear(h, d))
+        #: Last-items path (``cfg.recent_len`` positions; 0: none, and the tower is the one without it).
+        self.recent_len = max(min(cfg.recent_len, cfg.history_len), 0)
+        self.recent_logit = nn.Parameter(torch.tensor([-cfg.recent_init * p for p in range(self.recent_len)]))
+        n_in = 4 if self.recent_len else 3
+        self.user_mlp = nn.Sequential(nn.Linear(n_in * d, h), nn.ReLU(), nn.Linear(h, d))
         last = self.user_mlp[2]
         assert isinstance(last, nn.Linear)
         with torch.no_grad():
@@ -117,11 +122,28 @@ class TwoTowerModel(nn.Module):
         w = torch.nan_to_num(w, nan=0.0)  # users without history: all -inf -> zero vector
         return F.embedding_bag(hist, vecs, per_sample_weights=w, mode="sum")
 
-    def user_out(self, user_rows: torch.Tensor, hist_pool: torch.Tensor, feat_ids: torch.Tensor) -> torch.Tensor:
-        """(B,) rows, (B, D) pooled history, (B, F) feature buckets -> (B, D) normalised."""
+    def pool_recent(self, vecs: torch.Tensor, hist: torch.Tensor, valid: torch.Tensor) -> torch.Tensor | None:
+        """The last-items path: as ``pool_history`` over the first ``recent_len`` positions, with
+        position weights of its own -> (B, D); None when the tower has no such path."""
+        if not self.recent_len:
+            return None
+        r = min(self.recent_len, hist.shape[1])
+        h, v = hist[:, :r].contiguous(), valid[:, :r]
+        logits = self.recent_logit[:r].unsqueeze(0).expand(v.shape).masked_fill(~v, float("-inf"))
+        w = torch.nan_to_num(torch.softmax(logits, dim=1), nan=0.0)
+        return F.embedding_bag(h, vecs, per_sample_weights=w, mode="sum")
+
+    def user_out(
+        self, user_rows: torch.Tensor, hist_pool: torch.Tensor, feat_ids: torch.Tensor,
+        recent: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B,) rows, (B, D) pooled history, (B, F) feature buckets, (B, D) last items -> (B, D) normalised."""
         u = self.user_id(user_rows)
-        x = torch.cat([u, hist_pool, self.feats(feat_ids)], dim=-1)
-        return F.normalize(u + hist_pool + self.user_mlp(x), dim=-1)
+        if recent is None:
+            x = torch.cat([u, hist_pool, self.feats(feat_ids)], dim=-1)
+            return F.normalize(u + hist_pool + self.user_mlp(x), dim=-1)
+        x = torch.cat([u, hist_pool, recent, self.feats(feat_ids)], dim=-1)
+        return F.normalize(u + hist_pool + recent + self.user_mlp(x), dim=-1)
 
     def inv_temperature(self) -> torch.Tensor:
         return self.log_inv_temp.clamp(max=math.log(100.0)).exp()

@@ -58,6 +58,7 @@ class Weights(NamedTuple):
     user_b1: F32
     user_w2: F32
     user_b2: F32
+    recent_logit: F32
 
 
 class _Held(NamedTuple):
@@ -79,7 +80,7 @@ def _params(model: TwoTowerModel) -> tuple[torch.Tensor, ...]:
     assert isinstance(um0, torch.nn.Linear) and isinstance(um2, torch.nn.Linear)
     return (model.item_id.weight, model.user_id.weight, model.text.weight, model.cats.weight, model.feats.weight,
             model.creator_w, model.num.weight, model.num.bias, im0.weight, im0.bias, im2.weight, im2.bias,
-            model.pos_logit, um0.weight, um0.bias, um2.weight, um2.bias)
+            model.pos_logit, um0.weight, um0.bias, um2.weight, um2.bias, model.recent_logit)
 
 
 def weights(model: TwoTowerModel) -> Weights:
@@ -153,18 +154,29 @@ def user_vectors(
     """
     w = weights(model)
     vecs = _item_vectors(w, items)
-    # Recency-weighted mean: softmax of the position logits over the valid positions.
-    logits = np.where(valid, w.pos_logit[: inv.shape[1]], np.float32(-np.inf))
+    # Recency-weighted means: softmax of the position logits over the valid positions.
+    pooled = np.einsum("bl,bld->bd", _position_weights(w.pos_logit, valid), vecs[inv])
+    u = w.user_id[user_rows]
+    parts = [u, pooled]
+    if len(w.recent_logit):  # the last-items path
+        r = min(len(w.recent_logit), inv.shape[1])
+        wr = _position_weights(w.recent_logit, valid[:, :r])
+        parts.append(np.einsum("bl,bld->bd", wr, vecs[inv[:, :r]]))
+    x = np.concatenate([*parts, _bag_mean(feats, w.feats)], axis=1)
+    out = _mlp(x, w.user_w1, w.user_b1, w.user_w2, w.user_b2)
+    for p in parts:
+        out += p
+    return _normalize(out)
+
+
+def _position_weights(logit: F32, valid: npt.NDArray[np.bool_]) -> F32:
+    """Softmax of the position logits over the valid positions (B, L); rows with none: zeros."""
+    logits = np.where(valid, logit[: valid.shape[1]], np.float32(-np.inf))
     top = logits.max(axis=1, keepdims=True)
     top[~np.isfinite(top)] = 0
     weights_ = np.exp(logits - top)
     total = weights_.sum(axis=1, keepdims=True)
     total[total == 0] = 1  # no history: zero weights
     weights_ /= total
-    pooled = np.einsum("bl,bld->bd", weights_, vecs[inv])
-    u = w.user_id[user_rows]
-    x = np.concatenate([u, pooled, _bag_mean(feats, w.feats)], axis=1)
-    out = _mlp(x, w.user_w1, w.user_b1, w.user_w2, w.user_b2)
-    out += u
-    out += pooled
-    return _normalize(out)
+    out: F32 = weights_
+    return out

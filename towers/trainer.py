@@ -347,8 +347,10 @@ class TwoTowerTrainer:
         """(B,) user rows, (B, L) history rows (most recent first, -1 padded) -> (B, D)."""
         uniq, inv, valid, feats = self._user_inputs(user_rows, hist, contexts)
         vecs = self.model.item_out(self._item_base(uniq))  # (U, D): the item tower's own embeddings
-        pooled = self.model.pool_history(vecs, self._t(inv), self._t(valid))
-        return self.model.user_out(self._t(user_rows), pooled, self._t(feats))
+        inv_t, valid_t = self._t(inv), self._t(valid)
+        pooled = self.model.pool_history(vecs, inv_t, valid_t)
+        recent = self.model.pool_recent(vecs, inv_t, valid_t)
+        return self.model.user_out(self._t(user_rows), pooled, self._t(feats), recent)
 
     # ----- public API --------------------------------------------------------------------
     def learn_batch(

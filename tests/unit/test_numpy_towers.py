@@ -3,7 +3,8 @@ training uses PyTorch. Same vectors.
 
 The numpy path is what every CPU query runs, so it must agree with the PyTorch towers the
 trainer learns with, for every kind of user: a long history, a short one, none, profile
-features, query context, and a history item the item tables do not hold yet.
+features, query context, and a history item the item tables do not hold yet; with the
+last-items path over fewer positions than the history holds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tests.unit.test_engine import item
 
 
 def trained() -> TwoTowerTrainer:
-    cfg = TowerConfig(dim=24, hidden=32, history_len=12, uniform_negatives=8, seed=3, device="cpu")
+    cfg = TowerConfig(dim=24, hidden=32, history_len=12, uniform_negatives=8, seed=3, device="cpu", recent_len=5)
     tr = TwoTowerTrainer(cfg)
     tr.set_items(np.arange(60), [item(i) for i in range(60)])
     tr.set_user_features(np.array([1, 2]), [{"country": "fr", "age": 31}, {"plan": "pro"}])
