@@ -52,7 +52,7 @@ RECBOLE = "recbole==1.2.1"
 #: (keys starting with ``engine.`` go to EngineConfig).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no last-items path": {"recent_len": 0},
-    "previous defaults (no last-items path, bonus 0.2)": {"recent_len": 0, "explore_bonus": 0.2},
+    "bonus 0.1 (best on the dev split)": {"explore_bonus": 0.1},
     "no exploration bonus": {"explore_bonus": 0.0},
     "no rolling re-embed": {"engine.reembed_per_learn": 0},
     "full logQ (strength 1)": {"logq_strength": 1.0},
