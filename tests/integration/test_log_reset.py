@@ -140,6 +140,13 @@ def test_topics_deleted_and_recreated_under_a_worker_with_state_lose_no_new_even
     assert {n["topic"] for n in resets(body)} == {settings.topic("interactions"), settings.topic("items")}, body
 
 
+async def _poll_until(c: AIOKafkaConsumer, done: Callable[[], bool], timeout_s: float) -> None:
+    """Fetch (and drop) records until ``done()`` or the timeout; the caller checks what it needs."""
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        await c.getmany(timeout_ms=200)
+
+
 async def _listed_and_true_ends(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
     """(listed end, fetch high watermark) per partition of ``topic``."""
     c = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None, fetch_max_wait_ms=50)
@@ -150,9 +157,7 @@ async def _listed_and_true_ends(settings: Settings, topic: str) -> dict[int, tup
         c.assign(tps)
         for tp in tps:
             c.seek(tp, max(listed[tp] - 1, 0))
-        deadline = time.monotonic() + 10
-        while any(c.highwater(tp) is None for tp in tps) and time.monotonic() < deadline:
-            await c.getmany(timeout_ms=200)
+        await _poll_until(c, lambda: all(c.highwater(tp) is not None for tp in tps), 10)
         return {tp.partition: (listed[tp], int(c.highwater(tp) or 0)) for tp in tps}
     finally:
         await c.stop()
@@ -198,9 +203,7 @@ async def _commit(settings: Settings, group: str, topic: str, offset: int) -> No
     await c.start()
     try:
         tps = {TopicPartition(topic, p) for p in range(settings.topic_partitions)}
-        deadline = time.monotonic() + 60
-        while c.assignment() != tps and time.monotonic() < deadline:
-            await c.getmany(timeout_ms=200)
+        await _poll_until(c, lambda: c.assignment() == tps, 60)
         assert c.assignment() == tps
         await c.commit({tp: offset for tp in tps})
     finally:

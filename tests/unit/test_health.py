@@ -55,6 +55,23 @@ def test_reports_from_many_threads_are_all_kept() -> None:
     assert len(h.conditions()) == 800
 
 
+async def _serve(tmp_path: Path) -> tuple[WorkerRuntime, TestClient]:
+    """A runtime and its real web app, over a socket; delivering to Kafka fails (no broker here)."""
+    runtime = WorkerRuntime(Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path))
+
+    async def deliver(topic: str, records: Any) -> None:
+        raise ConnectionError("no broker in this test")
+
+    client = TestClient(TestServer(build_web_app(runtime, deliver)))
+    await client.start_server()
+    return runtime, client
+
+
+async def _health(client: TestClient) -> tuple[int, dict[str, Any]]:
+    resp = await client.get("/healthz")
+    return resp.status, json.loads(await resp.text())
+
+
 class _ReadyEngine:
     status = "ready"
 
@@ -66,34 +83,25 @@ def test_healthz_is_503_and_names_each_condition(tmp_path: Path) -> None:
     """A worker that could answer (ready, Kafka up) still fails its probe while a condition holds."""
 
     async def go() -> None:
-        runtime = WorkerRuntime(Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path))
-
-        async def deliver(topic: str, records: Any) -> None:
-            raise ConnectionError("no broker in this test")
-
-        client = TestClient(TestServer(build_web_app(runtime, deliver)))
-        await client.start_server()
+        runtime, client = await _serve(tmp_path)
         try:
             runtime.kafka_up = True
             # Not ready: "starting" wins, the condition is listed all the same.
             runtime.health.degrade("codec:towerstream.items:2", "unreadable record batch", offset=41)
-            resp = await client.get("/healthz")
-            body = json.loads(await resp.text())
-            assert resp.status == 503 and body["status"] == "starting"
+            status, body = await _health(client)
+            assert status == 503 and body["status"] == "starting"
             assert body["conditions"]["codec:towerstream.items:2"]["offset"] == 41
             # Ready. A stand-in engine: /healthz reads only ``stats()`` and ``status`` of it, and a
             # real one would need a model loaded for what this test asks.
             runtime.engine = _ReadyEngine()  # type: ignore[assignment]
             runtime.ready_event.set()
-            resp = await client.get("/healthz")
-            body = json.loads(await resp.text())
-            assert resp.status == 503
+            status, body = await _health(client)
+            assert status == 503
             assert body["status"] == "degraded: codec:towerstream.items:2: unreadable record batch"
             runtime.health.clear("codec:towerstream.items:2")
             runtime.health.notice("offset_reset", topic="towerstream.items", partition=2)
-            resp = await client.get("/healthz")
-            body = json.loads(await resp.text())
-            assert resp.status == 200 and body["status"] == "ok" and body["conditions"] == {}
+            status, body = await _health(client)
+            assert status == 200 and body["status"] == "ok" and body["conditions"] == {}
             assert body["notices"][0]["kind"] == "offset_reset" and body["items"] == 3
         finally:
             await client.close()
@@ -106,27 +114,19 @@ def test_healthz_is_503_catching_up_until_every_gating_reader_has_caught_up(tmp_
     from streams import metrics
 
     async def go() -> None:
-        runtime = WorkerRuntime(Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path))
-
-        async def deliver(topic: str, records: Any) -> None:
-            raise ConnectionError("no broker in this test")
-
-        client = TestClient(TestServer(build_web_app(runtime, deliver)))
-        await client.start_server()
+        runtime, client = await _serve(tmp_path)
         try:
             runtime.kafka_up = True
             runtime.catching_up.add("items")  # as the app does for the items readers
             runtime.engine = _ReadyEngine()  # type: ignore[assignment]
             runtime.ready_event.set()
-            resp = await client.get("/healthz")
-            body = json.loads(await resp.text())
-            assert resp.status == 503 and body["status"] == "catching up: items"
+            status, body = await _health(client)
+            assert status == 503 and body["status"] == "catching up: items"
             assert body["ready"] is False and body["catching_up"] == ["items"]
             runtime.caught_up("items")
             assert metrics.READY._value.get() == 1
-            resp = await client.get("/healthz")
-            body = json.loads(await resp.text())
-            assert resp.status == 200 and body["status"] == "ok" and body["ready"] is True
+            status, body = await _health(client)
+            assert status == 200 and body["status"] == "ok" and body["ready"] is True
             assert body["catching_up"] == []
         finally:
             await client.close()
