@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from towerstream.broker import EmbeddedBroker
+
+
+@pytest.fixture(autouse=True)
+def _repeat_limiting_stays_in_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """An in-process CLI run limits repeated warnings on every root handler, as the worker must.
+
+    pytest's log-capture handlers live for the whole session, so the filter (and what it has
+    seen) would follow them into later tests and hide their warnings from ``caplog``.
+    """
+    yield
+    from towerstream.logs import RepeatFilter, forget_repeats
+
+    plugin = request.config.pluginmanager.get_plugin("logging-plugin")
+    handlers = [*logging.getLogger().handlers, getattr(plugin, "caplog_handler", None),
+                getattr(plugin, "report_handler", None)]
+    for handler in handlers:
+        for f in [f for f in getattr(handler, "filters", []) if isinstance(f, RepeatFilter)]:
+            handler.removeFilter(f)
+    forget_repeats()
 
 
 @pytest.fixture(scope="session")

@@ -87,6 +87,12 @@ def _limit_repeats(logger: Any, method: str, event_dict: dict[str, Any]) -> dict
     return event_dict
 
 
+def forget_repeats() -> None:
+    """Start every kind afresh (tests that configure logging in process more than once)."""
+    with _LIMITER._lock:
+        _LIMITER._seen.clear()
+
+
 def install_repeat_filter(window_s: float, on_suppressed: Callable[[str], None] | None = None) -> RepeatLimiter:
     """Limit repeated warnings and errors on every root handler (again after Faust replaces them)."""
     _LIMITER.window_s = window_s
