@@ -28,7 +28,7 @@ TRAIN_BATCH_EVENTS = Histogram(
 LOSS = Gauge("towerstream_train_loss", "Loss of the last training step")
 MODEL_VERSION = Gauge("towerstream_model_version", "Training steps applied")
 INDEX_SIZE = Gauge("towerstream_index_items", "Items in the vector index")
-READY = Gauge("towerstream_ready", "1 when the worker can answer recommendations")
+READY = Gauge("towerstream_ready", "1 when the worker can answer recommendations and its items reader has caught up with the topic")
 KAFKA_UP = Gauge("towerstream_kafka_reachable", "1 when the broker answered the last metadata probe")
 RECOMMEND_SECONDS = Histogram(
     "towerstream_recommend_seconds", "Time to answer one recommendation request", ["source"],
