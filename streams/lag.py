@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -62,50 +63,61 @@ class _Partition:
 
 
 class LagMonitor:
-    """Per-partition positions reported by the readers, end offsets, lag gauges and stall conditions."""
+    """Per-partition positions reported by the readers, end offsets, lag gauges and stall conditions.
+
+    Thread-safe: the readers report on Faust's loop, ``/healthz`` reads on the HTTP thread.
+    """
 
     def __init__(self, health: Health, stall_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.health = health
         self.stall_after_s = stall_after_s
         self.clock = clock
         self._parts: dict[str, _Partition] = {}
+        self._lock = threading.Lock()
 
     def report(self, reader: str, positions: Mapping[str, tuple[int, int | None]]) -> None:
         """``positions``: "topic:partition" -> (next offset, last fetch high watermark or None)."""
         now = self.clock()
-        for key, (next_offset, highwater) in positions.items():
-            part = self._parts.get(key)
-            if part is None:
-                self._parts[key] = _Partition(reader, int(next_offset), now, highwater)
-                continue
-            if int(next_offset) != part.next_offset:
-                part.next_offset, part.moved_at = int(next_offset), now
-            part.reader = reader
-            if highwater is not None:
-                part.highwater = int(highwater)
+        with self._lock:
+            for key, (next_offset, highwater) in positions.items():
+                part = self._parts.get(key)
+                if part is None:
+                    self._parts[key] = _Partition(reader, int(next_offset), now, highwater)
+                    continue
+                if int(next_offset) != part.next_offset:
+                    part.next_offset, part.moved_at = int(next_offset), now
+                part.reader = reader
+                if highwater is not None:
+                    part.highwater = int(highwater)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Partitions no longer read here (revoked): no gauge, no condition."""
         for key in keys:
-            if self._parts.pop(key, None) is not None:
+            with self._lock:
+                gone = self._parts.pop(key, None)
+            if gone is not None:
                 topic, partition = split_tp(key)
                 with contextlib.suppress(KeyError):
                     metrics.CONSUMER_LAG.remove(topic, str(partition))
                 self.health.clear(f"stalled:{key}")
 
     def partitions(self) -> list[str]:
-        return sorted(self._parts)
+        with self._lock:
+            return sorted(self._parts)
 
     def set_listed_ends(self, ends: Mapping[str, int]) -> None:
-        for key, end in ends.items():
-            part = self._parts.get(key)
-            if part is not None:
-                part.listed_end = int(end)
+        with self._lock:
+            for key, end in ends.items():
+                part = self._parts.get(key)
+                if part is not None:
+                    part.listed_end = int(end)
 
     def evaluate(self) -> None:
         """Gauges from the figures at hand; degrade stalled partitions, clear the others."""
         now = self.clock()
-        for key, part in list(self._parts.items()):
+        with self._lock:
+            parts = list(self._parts.items())
+        for key, part in parts:
             topic, partition = split_tp(key)
             lag = part.lag
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
@@ -128,8 +140,9 @@ class LagMonitor:
 
     def summary(self) -> dict[str, Any]:
         """For /healthz: the total lag, the worst partition, and every partition's figures."""
-        parts = {key: {"lag": p.lag, "next_offset": p.next_offset, "log_end": p.end, "reader": p.reader}
-                 for key, p in sorted(self._parts.items())}
+        with self._lock:
+            parts = {key: {"lag": p.lag, "next_offset": p.next_offset, "log_end": p.end, "reader": p.reader}
+                     for key, p in sorted(self._parts.items())}
         worst = max(parts.items(), key=lambda kv: kv[1]["lag"], default=None)
         return {"total": sum(p["lag"] for p in parts.values()),
                 "worst": {"partition": worst[0], "lag": worst[1]["lag"]} if worst else None,
