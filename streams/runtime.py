@@ -125,9 +125,8 @@ class WorkerRuntime:
         return self._opening
 
     def _open_blocking(self) -> Engine:
-        engine_dir = Path(self.settings.data_dir) / "engine"
-        self.state["found_state"] = engine_dir.is_dir() and any(engine_dir.iterdir())
-        engine = Engine(engine_dir, engine_config(self.settings))
+        self.state["found_state"] = self.settings.has_state()
+        engine = Engine(self.settings.engine_dir, engine_config(self.settings))
         engine.pause = self.priority.pause
         self.engine = engine
         engine.restore()
@@ -147,8 +146,8 @@ class WorkerRuntime:
         self.ready_event.set()
         metrics.READY.set(1 if self.serving_ready else 0)
         metrics.INDEX_SIZE.set(len(self.engine.index))
-        log.info("engine_ready", seconds=round(time.perf_counter() - t0, 3), **self.engine.stats())
         stats = self.engine.stats()
+        log.info("engine_ready", seconds=round(time.perf_counter() - t0, 3), **stats)
         self.state["reloaded"] = {
             "model_version": int(stats["model_version"]), "items": int(stats["items_known"]),
             "users": max(0, int(stats["users_known"]) - 1),  # less the anonymous user every engine has

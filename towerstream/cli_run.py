@@ -44,11 +44,8 @@ def _ensure_topics(settings: Settings) -> None:
 
 def say_state(settings: Settings) -> None:
     """Where the worker's state lives, and whether there is any to reload, before it starts."""
-    data_dir = settings.data_dir.resolve()
-    engine_dir = data_dir / "engine"
-    found = engine_dir.is_dir() and any(engine_dir.iterdir())
-    print(f"state: {data_dir} (RocksDB, checkpoints, Faust data; TOWERSTREAM_DATA_DIR) - "
-          + ("found: reloading it" if found else "none yet: starting fresh"), file=sys.stderr)
+    print(f"state: {settings.data_dir.resolve()} (RocksDB, checkpoints, Faust data; TOWERSTREAM_DATA_DIR) - "
+          + ("found: reloading it" if settings.has_state() else "none yet: starting fresh"), file=sys.stderr)
 
 
 def say_reloaded(health: dict[str, Any]) -> None:

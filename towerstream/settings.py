@@ -151,6 +151,15 @@ class Settings(BaseSettings):
     log_repeat_window_s: float = Field(default=10.0, ge=0)
 
     @property
+    def engine_dir(self) -> Path:
+        """The engine's RocksDB and checkpoints, inside ``data_dir``."""
+        return Path(self.data_dir) / "engine"
+
+    def has_state(self) -> bool:
+        """Whether a worker started now reloads state (the CLI says so before the worker does)."""
+        return self.engine_dir.is_dir() and any(self.engine_dir.iterdir())
+
+    @property
     def compression_type(self) -> str | None:
         """``producer_compression`` as the Kafka clients spell it (``None``: uncompressed)."""
         return None if self.producer_compression == "none" else self.producer_compression
