@@ -22,9 +22,18 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from producers.errors import BrokerUnavailable
 from producers.kafka_config import client_config
 from towerstream.events.deadletter import MAX_RECORD_BYTES
-from towerstream.settings import TOPIC_NAMES, Settings
+from towerstream.settings import COMPACTED_TOPICS, TOPIC_NAMES, Settings
 
 log = structlog.get_logger(__name__)
+
+
+def _topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    """Dead letters take large records; the published topics are state, so compacted."""
+    if topic == settings.topic("dead-letters"):
+        return {"max.message.bytes": str(MAX_RECORD_BYTES)}
+    if topic in {settings.topic(n) for n in COMPACTED_TOPICS}:
+        return {"cleanup.policy": "compact"}
+    return {}
 
 
 def ensure_topics(
@@ -61,10 +70,7 @@ def ensure_topics(
                             name=topic,
                             num_partitions=settings.topic_partitions,
                             replication_factor=settings.topic_replication,
-                            topic_configs=(
-                                {"max.message.bytes": str(MAX_RECORD_BYTES)}
-                                if topic == settings.topic("dead-letters") else {}
-                            ),
+                            topic_configs=_topic_configs(settings, topic),
                         )
                     ],
                     timeout_ms=timeout_ms,

@@ -150,6 +150,19 @@ class Settings(BaseSettings):
     #: costs a few lines every few seconds instead of hundreds a second. 0 logs every one.
     log_repeat_window_s: float = Field(default=10.0, ge=0)
 
+    # Train once, serve anywhere (towerstream.published)
+    #: What this worker does. "worker": trains and answers ``/recommend`` and the request stream from
+    #: its own index (one process, the laptop default). "train": trains and publishes only; serving
+    #: replicas (``towerstream serve``) answer.
+    role: Literal["worker", "train"] = "worker"
+    #: Publish item vectors and model versions to ``<prefix>.item-vectors`` and ``<prefix>.model``
+    #: for serving replicas. Off: nothing is published and no replica can follow this trainer.
+    publish: bool = True
+    #: A new model version is taken this often (seconds) when the towers have trained since the last
+    #: one; each version republishes every live item's vector, so this bounds replicas' staleness
+    #: against the cost of a full sweep.
+    version_every_s: float = Field(default=30.0, gt=0)
+
     @property
     def engine_dir(self) -> Path:
         """The engine's RocksDB and checkpoints, inside ``data_dir``."""
@@ -186,7 +199,12 @@ TOPIC_NAMES = (
     "drift-metrics",
     "recommend-requests",
     "recommend-responses",
+    "item-vectors",
+    "model",
 )
+
+#: Topics whose latest record per key is the state (the published ones): created compacted.
+COMPACTED_TOPICS = ("item-vectors", "model")
 
 
 def get_settings() -> Settings:
