@@ -272,8 +272,10 @@ class WorkerRuntime:
         metrics.CHECKPOINT_SECONDS.set(time.perf_counter() - t0)
 
     async def close(self) -> None:
-        if self.publisher is not None:  # a version in flight is given up: the next start takes a new one
-            await asyncio.get_running_loop().run_in_executor(None, self.publisher.stop, self.settings.stop_broker_wait_s)
+        if self.publisher is not None:
+            # A version in flight is given up (the next start publishes a new one at once, whose sweep
+            # also covers item changes not flushed now): wait little for it, the checkpoint comes first.
+            await asyncio.get_running_loop().run_in_executor(None, self.publisher.stop, 1.0)
         if self.engine is not None:
             loop = asyncio.get_running_loop()
             for pool in (self.commit_pool, self.items_pool):  # let batches in flight finish

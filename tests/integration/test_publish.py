@@ -22,7 +22,7 @@ from producers.producer import EventProducer
 from producers.topics import ensure_topics
 from tests.conftest import worker_settings
 from towerstream.broker import EmbeddedBroker
-from towerstream.events import Interaction, ItemDelete, ItemUpsert
+from towerstream.events import Interaction, ItemDelete, ItemUpsert, RecommendRequest
 from towerstream.processes import WorkerProcess, http_json
 from towerstream.published import (
     VERSION_KEY, VersionComplete, decode_item_vector, decode_model_part, join_parts, unpack_model,
@@ -203,3 +203,29 @@ def interact(settings: Settings, tag: str, n: int) -> None:
             prod.send_interaction(Interaction(event_id=f"{tag}{k}", user_id=f"u{k % 20}", item_id=f"i{(k * 7) % 40}",
                                               kind="click", ts=now + k))
         assert prod.flush(timeout=30).failed == 0
+
+
+@pytest.mark.parametrize("role", ["train", "worker"])
+def test_publish_off_publishes_nothing_and_a_trainer_leaves_recommend_requests_to_replicas(
+        broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path, role: str,
+        start_worker: Callable[[Settings], WorkerProcess]) -> None:
+    """``publish=False``: no item vector, no version. Role train: the request stream is not read
+    (the all-in-one worker, run the same way, answers it: the check can fail)."""
+    settings = worker_settings(broker, tmp_path / "w", topic_prefix, role=role, publish=False, version_every_s=0.5)
+    ensure_topics(settings)
+    worker = start_worker(settings)
+    worker.wait_ready(90)
+    items, n = produce(settings, StreamSpec(users=10, items=20, interactions=200, late_items=0.0, seed=7))
+    with EventProducer(settings) as prod:
+        prod.send_raw(settings.topic("recommend-requests"), b"r1",
+                      RecommendRequest(request_id="r1", user_id="u1", k=3).model_dump_json().encode())
+        assert prod.flush(timeout=30).failed == 0
+    wait_until("trained", lambda: health(worker).get("trained_in_model", 0) >= n
+               and health(worker).get("items_indexed", 0) >= len(items), 180)
+    if role == "worker":
+        wait_until("an answer", lambda: read_topic(settings, "recommend-responses"), 60)
+    else:
+        time.sleep(8)  # the interactions and items readers have joined and read: so would an agent
+        assert read_topic(settings, "recommend-responses") == []
+    assert "published" not in health(worker)
+    assert read_topic(settings, "item-vectors") == [] and read_topic(settings, "model") == []
