@@ -507,6 +507,18 @@ class VectorIndex:
             out._ivf = cast("faiss.IndexIVFFlat", faiss.clone_index(self._ivf)) if self._ivf is not None else None
         return out
 
+    def centroids(self) -> Vectors:
+        """The IVF coarse quantizer's centroids ``(nlist, dim)``; ``(0, dim)`` while the index is exact.
+
+        Published with each model version, so that every serving replica buckets items alike.
+        """
+        with self._lock:
+            ivf = self._ivf
+            if ivf is None:
+                return np.zeros((0, self.dim), dtype=np.float32)
+            out: Vectors = np.asarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), dtype=np.float32)
+        return out
+
     def save(self, path: Path) -> None:
         """Write the index to `path` atomically (tmp file, fsync, os.replace).
 

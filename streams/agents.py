@@ -184,6 +184,9 @@ def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[
                 metrics.EVENTS.labels(s.topic("users")).inc(len(valid))
             runtime.lag.report("users", _next_offsets(events))
 
+    if s.role == "train":
+        return  # replicas answer the request stream (their group "<app_id>-replicas")
+
     @app.agent(topics["recommend-requests"], name="recommend-requests")
     async def recommend_requests(stream: faust.StreamT[bytes]) -> None:
         """Kafka request/reply: answers go to ``reply_to`` (or the responses topic), keyed by request id."""

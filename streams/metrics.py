@@ -85,3 +85,14 @@ KAFKA_UNREACHABLE_SINCE = Gauge(
     "towerstream_kafka_unreachable_since_seconds",
     "Unix time since which the broker has not answered the worker's probe; 0 while it answers",
 )
+PUBLISHED_VERSION = Gauge("towerstream_published_version",
+                          "Newest model version the trainer finished publishing for serving replicas (0: none yet)")
+PUBLISHED_RECORDS = Counter("towerstream_published_records_total",
+                            "Records the trainer handed to Kafka for serving replicas (item vectors, tombstones, model parts, version records)",
+                            ["topic"])
+VERSION_PUBLISH_SECONDS = Histogram(
+    "towerstream_version_publish_seconds", "Time to publish one model version: freeze, model parts, the sweep of every item, flush",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+PUBLISH_FAILURES = Counter("towerstream_publish_failures_total",
+                           "Times publishing to Kafka failed (the version in flight is given up; a new one follows)")

@@ -77,6 +77,9 @@ class WorkerRuntime:
         self._opening: Future[Engine] | None = None
         self._after_replay: asyncio.Future[None] | None = None
         self._open_t0 = 0.0
+        #: Publishes item vectors and model versions for serving replicas (``streams.publisher``;
+        #: None with ``publish`` off).
+        self.publisher: Any = None
         #: Where the state lives and what opening it found (``/healthz`` "state"; printed by the CLI).
         self.state: dict[str, Any] = {"data_dir": str(Path(settings.data_dir).resolve())}
         #: Queries first: Faust's loop and the items thread wait (a bounded while) when one runs.
@@ -143,6 +146,12 @@ class WorkerRuntime:
         gc.freeze()
         t0 = self._open_t0
         self.last_checkpoint_at = time.time()
+        if self.settings.publish:  # before the item readers start: they wait for ready
+            from streams.publisher import Publisher
+
+            self.publisher = Publisher(self.settings, self.engine, self.health)
+            self.engine.on_items_applied = self.publisher.items_changed
+            self.publisher.start()
         self.ready_event.set()
         metrics.READY.set(1 if self.serving_ready else 0)
         metrics.INDEX_SIZE.set(len(self.engine.index))
@@ -263,6 +272,10 @@ class WorkerRuntime:
         metrics.CHECKPOINT_SECONDS.set(time.perf_counter() - t0)
 
     async def close(self) -> None:
+        if self.publisher is not None:
+            # A version in flight is given up (the next start publishes a new one at once, whose sweep
+            # also covers item changes not flushed now): wait little for it, the checkpoint comes first.
+            await asyncio.get_running_loop().run_in_executor(None, self.publisher.stop, 1.0)
         if self.engine is not None:
             loop = asyncio.get_running_loop()
             for pool in (self.commit_pool, self.items_pool):  # let batches in flight finish

@@ -31,6 +31,8 @@ from towerstream.events.recommend import RecommendRequest
 
 _USER_ID: TypeAdapter[str] = TypeAdapter(ExternalId)
 MAX_EVENTS_PER_REQUEST = 10_000
+#: What ``/recommend`` answers (404) in role ``train``: serving replicas answer.
+TRAINER_ANSWERS_NOT = "this process trains; ask a serving replica (towerstream serve)"
 #: Seconds an intake request may wait for Kafka to accept its records (queueing included).
 DELIVER_TIMEOUT_S = 10.0
 
@@ -117,6 +119,8 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         return web.Response(body=await answer_body(req), content_type="application/json")
 
     async def answer_body(req: RecommendRequest) -> bytes:
+        if s.role == "train":
+            raise HttpError(404, TRAINER_ANSWERS_NOT)
         if runtime.engine is None:
             raise HttpError(503, "worker is starting")
         engine = runtime.engine
@@ -229,6 +233,8 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         catching_up = sorted(runtime.catching_up)
         body["catching_up"] = catching_up
         body["lag"] = runtime.lag.summary()
+        if runtime.publisher is not None:
+            body["published"] = runtime.publisher.summary()
         ok = runtime.serving_ready and runtime.kafka_up and not conditions
         starting = "starting" if engine is None or engine.status == "loading" else engine.status
         if ok:

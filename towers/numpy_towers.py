@@ -180,3 +180,8 @@ def _position_weights(logit: F32, valid: npt.NDArray[np.bool_]) -> F32:
     weights_ /= total
     out: F32 = weights_
     return out
+
+
+def item_vectors_with(w: Weights, items: ItemContent) -> F32:
+    """As ``item_vectors`` with given weights (e.g. a published version's frozen copy): (N, D) unit vectors."""
+    return _item_vectors(w, items)

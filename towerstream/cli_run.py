@@ -93,6 +93,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             worker.stop()  # no-op once it has exited; the embedded broker stops after it
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """``towerstream worker`` in role ``train``: it trains and publishes; replicas answer (``towerstream serve``)."""
+    os.environ["TOWERSTREAM_ROLE"] = "train"
+    return cmd_worker(args)
+
+
 def _start_fresh(data_dir: Path) -> None:
     """``demo --fresh``: move the previous state aside (one copy is kept), saying so."""
     data_dir = data_dir.resolve()
@@ -165,6 +171,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("worker", help="run the Faust worker (embedded broker when no Kafka is configured)")
     p.set_defaults(func=cmd_worker)
+    t = sub.add_parser("train", help="run the worker as the trainer: it learns and publishes item vectors and model "
+                                     "versions for serving replicas, and answers no /recommend")
+    t.set_defaults(func=cmd_train)
     d = sub.add_parser("demo", help="embedded broker + worker + a generated stream, with live recommendations")
     d.add_argument("--users", type=int, default=500)
     d.add_argument("--items", type=int, default=1000)

@@ -219,6 +219,10 @@ class Engine:
         #: Event ids added to history by ``observe`` and not yet learned.
         self._observed: set[str] = set()
         self._reembed_cursor = 0
+        #: Called on the items thread with the ids of the item events an ``apply_items`` call made
+        #: durable and applied (not duplicates or stale ones): the trainer publishes them
+        #: (``streams.publisher``). Not called by the journal replay: a version's sweep covers that.
+        self.on_items_applied: Callable[[list[str]], None] | None = None
         self._anon_row = int(self.users.get_or_create([ANONYMOUS_USER])[0])
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -538,6 +542,8 @@ class Engine:
             self.store.write(batch)
         self.pause()
         res.upserted, res.deleted = self._apply_items_now(fresh, encoded.take(fresh_at) if encoded else None)
+        if self.on_items_applied is not None:
+            self.on_items_applied(list(dict.fromkeys(ev.item_id for ev in fresh)))
         return res
 
     def _is_live(self, row: int) -> bool:
