@@ -14,10 +14,12 @@ import pytest
 
 from towerstream.events import Filters, Interaction
 from towerstream.events.recommend import RecommendRequest
-from towerstream.published import encode_item_vector
+from towerstream.published import (
+    VERSION_KEY, VersionComplete, encode_item_vector, encode_model_part, pack_model, part_key, split_model, unpack_model,
+)
 from towerstream.replica import Replica
 from tests.unit.replica_log import (
-    ITEM_PARTITIONS, Log, interactions, item_id, item_partition, item_vector, train, trainer, user_id,
+    ITEM_PARTITIONS, Log, interactions, item_id, item_partition, item_vector, payload, train, trainer, user_id,
 )
 
 N_USERS = 30
@@ -299,3 +301,82 @@ def test_tombstones_delete_everywhere_and_older_versions_are_ignored() -> None:
     assert rep.version == 2 and rep.status()["pending"] == []
     assert rep.item(gone) is None and rep.status()["items"] == N_ITEMS - 1
     assert rep.item(item_id(6))["version"] == 2  # type: ignore[index]
+
+
+@pytest.mark.parametrize("nlist,nprobe", [(0, 1), (8, 8)], ids=["flat", "ivf-all-lists"])
+def test_an_interaction_is_reflected_at_once_and_a_redelivered_one_changes_nothing(nlist: int, nprobe: int) -> None:
+    tr = trainer()
+    log = Log()
+    log.publish(tr, 1, N_USERS, nlist=nlist, nprobe=nprobe)
+    rep = Replica()
+    events = interactions(tr, range(N_USERS))
+    feed_all(rep, log, events)
+    for r in (0, 3, 7):
+        u = user_id(r)
+        before = rep.user_vector(u)
+        top = answer(rep, u, k=3)
+        took = Interaction(event_id=f"new-{r}", user_id=u, item_id=top[0][0], kind="click", ts=1_750_000_000_000)
+        assert rep.apply_interactions([took]) == 1
+        after = rep.user_vector(u)
+        assert before is not None and after is not None and not np.allclose(before[1], after[1], atol=1e-4)
+        got = answer(rep, u, k=10)
+        assert top[0][0] not in {i for i, _ in got}
+        assert_same(got, brute_force(log, 1, after[1], 10, seen(events, u) | {top[0][0]}))
+        assert rep.apply_interactions([took]) == 0  # redelivered: applied once
+        again = rep.user_vector(u)
+        assert again is not None
+        np.testing.assert_array_equal(again[1], after[1])
+    assert rep.status()["skipped"]["interactions"]["duplicate"] == 3
+
+
+def test_fallbacks_say_why_and_rank_by_interactions_then_item_id() -> None:
+    tr = trainer()
+    log = Log()
+    log.publish(tr, 1, N_USERS)
+    rep = Replica()
+    rep.apply_interactions([
+        Interaction(event_id=f"p{n}", user_id=f"x{n}", item_id=item_id(i), ts=1_700_000_000_000 + n)
+        for n, i in enumerate([7, 7, 7, 2, 2, 9, 9, 4, 30])
+    ])
+    for recs in log.items:  # the items, not the model yet
+        rep.apply_item_records(recs)
+    resp = rep.recommend(RecommendRequest(user_id="nobody", k=4))
+    assert (resp.source, resp.fallback_reason, resp.model_version) == ("popularity", "no model version yet", 0)
+    assert [(s.item_id, s.score) for s in resp.items] == [("i7", 3.0), ("i2", 2.0), ("i9", 2.0), ("i30", 1.0)]
+    rep.apply_model_records(log.model)
+    resp = rep.recommend(RecommendRequest(user_id="nobody", k=6, filters=Filters(exclude_items=["i9"])))
+    assert (resp.source, resp.fallback_reason, resp.model_version) == ("popularity", "unknown user", 1)
+    # Then items nobody took, by item id.
+    assert [s.item_id for s in resp.items] == ["i7", "i2", "i30", "i4", "i0", "i1"]
+    # With a context, an unknown user gets a model answer (zero id row, no history).
+    ctx = rep.recommend(RecommendRequest(user_id="nobody", k=3, context={"device": "tv"}))
+    assert ctx.source == "model" and len(ctx.items) == 3
+
+
+@pytest.mark.parametrize("damage", ["not a payload", "array missing", "weights transposed"])
+def test_a_model_that_cannot_be_served_is_refused_and_visible(damage: str) -> None:
+    tr = trainer()
+    log = Log()
+    log.publish(tr, 1, N_USERS)
+    blob, _ = payload(tr, 1, N_USERS)
+    arrays, meta = unpack_model(blob)
+    if damage == "not a payload":
+        blob = blob[: len(blob) // 2]
+    elif damage == "array missing":
+        del arrays["recent_logit"]
+        blob = pack_model(arrays, meta)
+    else:
+        arrays["user_w2"] = arrays["user_w2"].T.copy()
+        blob = pack_model(arrays, meta)
+    parts = split_model(1, blob, 3000)
+    rep = Replica()
+    rep.apply_model_records([(0, n, part_key(pt.index), encode_model_part(pt)) for n, pt in enumerate(parts)]
+                            + [(0, len(parts), VERSION_KEY, VersionComplete(1, len(parts), log.end_offsets(), N_ITEMS, 1, 2).encode())])
+    for recs in log.items:
+        rep.apply_item_records(recs)
+    st = rep.status()
+    assert rep.version is None and "1" in st["broken"] and st["skipped"]["model"]["bad model"] == 1
+    resp = rep.recommend(RecommendRequest(user_id=user_id(1)))
+    assert (resp.source, resp.fallback_reason) == ("popularity", "no model version yet")
+    rep.apply_model_records([(0, 99, b"part-0", b"junk"), (0, 100, b"version", b"{")])
+    assert rep.status()["skipped"]["model"]["undecodable"] == 2
