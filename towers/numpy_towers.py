@@ -144,6 +144,22 @@ def item_vectors(model: TwoTowerModel, items: ItemContent) -> F32:
     return _item_vectors(weights(model), items)
 
 
+class UserWeights(NamedTuple):
+    """The user tower's weights alone (what a serving replica receives; ``W1``/``W2`` as ``(in, out)``).
+
+    ``Weights`` has the same fields among its own, so either can be passed to ``user_vectors_from``.
+    """
+
+    user_id: F32
+    feats: F32
+    pos_logit: F32
+    recent_logit: F32
+    user_w1: F32
+    user_b1: F32
+    user_w2: F32
+    user_b2: F32
+
+
 def user_vectors(
     model: TwoTowerModel, items: ItemContent, inv: I64, valid: npt.NDArray[np.bool_], user_rows: I64, feats: I64
 ) -> F32:
@@ -153,7 +169,19 @@ def user_vectors(
     (most recent first), ``user_rows`` (B,), ``feats`` (B, F) -> (B, D) unit vectors.
     """
     w = weights(model)
-    vecs = _item_vectors(w, items)
+    return user_vectors_from(w, _item_vectors(w, items), inv, valid, user_rows, feats)
+
+
+def user_vectors_from(
+    w: Weights | UserWeights, vecs: F32, inv: I64, valid: npt.NDArray[np.bool_], user_rows: I64, feats: I64
+) -> F32:
+    """The user tower from given history item vectors: ``vecs`` (U, D) the item tower's unit outputs,
+    ``inv``/``valid`` (B, L) positions into them (most recent first), ``user_rows`` (B,) rows of
+    ``w.user_id``, ``feats`` (B, F) feature buckets (0 = none) -> (B, D) unit vectors.
+
+    Why apart from ``user_vectors``: a serving replica has no item tower, only the item vectors
+    the trainer published, and the user tower's weights of one model version.
+    """
     # Recency-weighted means: softmax of the position logits over the valid positions.
     pooled = np.einsum("bl,bld->bd", _position_weights(w.pos_logit, valid), vecs[inv])
     u = w.user_id[user_rows]
