@@ -92,6 +92,8 @@ class VectorIndex:
     kind: IndexKind
     nlist: int
     threads: int
+    #: Lists given by the caller (``on_centroids``): never re-trained or re-fit here.
+    _fixed: bool = False
 
     def __init__(
         self,
@@ -127,6 +129,29 @@ class VectorIndex:
         self._trained_n = 0
         #: While ``refit`` trains new lists off the lock: ids written meanwhile (None otherwise).
         self._changed: set[int] | None = None
+
+    @classmethod
+    def on_centroids(cls, centroids: npt.ArrayLike, *, nprobe: int = 16, threads: int = 1) -> VectorIndex:
+        """An "ivf" index whose lists are the given centroids ``(nlist, D)``: trained from the start, never re-trained.
+
+        Why: serving replicas of one model version must put every item in the same list as each
+        other (so that they answer alike), whatever order the items reach each of them in; so
+        the lists come with the version (the trainer's), not from a k-means over what a replica
+        happened to hold. Not for ``save``/``load`` (a loaded index forgets that its lists are fixed).
+        """
+        c = np.asarray(centroids)
+        if c.ndim != 2 or c.shape[0] < 1:
+            raise IndexStoreError(f"centroids must be (nlist >= 1, D), got shape {c.shape}")
+        out = cls(int(c.shape[1]), "ivf", nlist=int(c.shape[0]), nprobe=nprobe, threads=threads)
+        xc = out._as_vectors(c, "centroids")
+        quantizer = faiss.IndexFlatIP(out.dim)
+        quantizer.add(xc)
+        ivf = faiss.IndexIVFFlat(quantizer, out.dim, out.nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.set_direct_map_type(_fx.DirectMap.Hashtable)
+        ivf.nprobe = min(nprobe, out.nlist)
+        assert ivf.is_trained
+        out._ivf, out._flat, out._fixed = ivf, None, True
+        return out
 
     # ------------------------------------------------------------------ sizing
 
@@ -231,7 +256,7 @@ class VectorIndex:
                 self._changed.update(id_list)
             if self._ivf is None and self.kind == "ivf":
                 self._maybe_train()
-            elif self._ivf is not None and len(live) >= RETRAIN_GROWTH * self._trained_n:
+            elif self._ivf is not None and not self._fixed and len(live) >= RETRAIN_GROWTH * self._trained_n:
                 self._retrain_locked()  # blocks this call (~1 s per 100k vectors), rarely: O(log N) times
 
     def delete(self, ids: npt.ArrayLike) -> int:
@@ -262,7 +287,7 @@ class VectorIndex:
         the list count re-chosen for the current size. Costs a full k-means and re-add.
         """
         with self._lock:
-            if self.kind != "ivf":
+            if self.kind != "ivf" or self._fixed:
                 return
             if self._ivf is None:
                 self._maybe_train()
@@ -280,7 +305,7 @@ class VectorIndex:
         Returns False when there was nothing to do (flat, untrained, or a re-fit in progress).
         """
         with self._lock:
-            if self._ivf is None or self._changed is not None:
+            if self._ivf is None or self._fixed or self._changed is not None:
                 return False
             ids_ = np.fromiter(self._live, dtype=np.int64, count=len(self._live))
             if ids_.size == 0:
