@@ -11,8 +11,6 @@ Faust's loop (its producer lives there).
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -24,12 +22,14 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from streams import metrics
 from streams.fast_get import FAST_GET, Declined
+from streams.http_api import HttpError, check_auth_header as _check_auth_header, errors_as_json as _errors_as_json
+from streams.http_api import errors_text as _errors, get_request as _get_request, guarded as _guarded
+from streams.http_api import json_response as _json, post_request as _post_request
+from streams.http_api import read_body as _read_body
 from streams.runtime import WorkerRuntime
-from towerstream.events import Filters, Interaction, ItemEvent, RecommendResponse, UserProfile, encode
-from towerstream.events.base import ExternalId
+from towerstream.events import Interaction, ItemEvent, RecommendResponse, UserProfile, encode
 from towerstream.events.recommend import RecommendRequest
 
-_USER_ID: TypeAdapter[str] = TypeAdapter(ExternalId)
 MAX_EVENTS_PER_REQUEST = 10_000
 #: What ``/recommend`` answers (404) in role ``train``: serving replicas answer.
 TRAINER_ANSWERS_NOT = "this process trains; ask a serving replica (towerstream serve)"
@@ -42,78 +42,21 @@ Request = web.Request
 Response = web.Response
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra
-
-
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors(include_url=False)[:5]
-    )
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return web.Response(body=json.dumps(body).encode(), status=status, content_type="application/json")
-
-
 def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
     """The worker's HTTP API as an aiohttp application."""
     s = runtime.settings
-    token = s.api_token.get_secret_value() if s.api_token else None
 
     def check_auth(request: Request, write: bool) -> None:
         check_auth_header(request.headers.get("Authorization"), write)
 
     def check_auth_header(header: str | None, write: bool) -> None:
-        if token is None or not (write or s.protect_reads):
-            return
-        header = header or ""
-        if not header.startswith("Bearer ") or not hmac.compare_digest(header[7:].encode(), token.encode()):
-            raise HttpError(401, "missing or invalid bearer token")
+        _check_auth_header(s, header, write)
 
     async def read_body(request: Request) -> Any:
-        length = request.content_length
-        if length is not None and length > s.max_request_bytes:
-            raise HttpError(413, f"body of {length} bytes exceeds {s.max_request_bytes}")
-        raw = bytearray()  # read() returns what has arrived so far, not the whole body: loop to EOF
-        while len(raw) <= s.max_request_bytes:
-            chunk = await request.content.read(s.max_request_bytes + 1 - len(raw))  # type: ignore[attr-defined]
-            if not chunk:
-                break
-            raw += chunk
-        if len(raw) > s.max_request_bytes:
-            raise HttpError(413, f"body exceeds {s.max_request_bytes} bytes")
-        if not raw:
-            raise HttpError(400, "empty body")
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HttpError(400, f"body is not JSON: {exc}") from None
-        except RecursionError:
-            raise HttpError(400, "body is not JSON we accept: nested too deeply") from None
+        return await _read_body(s, request)
 
     def guarded(path: str, fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        async def handler(request: Request) -> Response:
-            try:
-                return await fn(request)
-            except HttpError as exc:
-                metrics.HTTP_REJECTED.labels(path, str(exc.status)).inc()
-                return _json({"error": exc.message, **exc.extra}, status=exc.status)
-
-        return handler
-
-    def parse_k(raw: str | None) -> int:
-        if raw is None:
-            return s.default_k
-        try:
-            k = int(raw)
-        except ValueError:
-            raise HttpError(400, f"k must be an integer, got {raw[:50]!r}") from None
-        if not 1 <= k <= s.max_k:
-            raise HttpError(400, f"k must be between 1 and {s.max_k}")
-        return k
+        return _guarded(path, fn)
 
     async def answer(req: RecommendRequest) -> Response:
         return web.Response(body=await answer_body(req), content_type="application/json")
@@ -141,23 +84,7 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         return resp.model_dump_json().encode()
 
     def get_request(user_id: str, q: MultiMapping[str]) -> RecommendRequest:
-        """``GET /recommend/<user>?k=..&include_category=..&ctx.device=..`` -> the request model."""
-        k = parse_k(q.get("k"))
-        context = {key[4:]: val for key, val in q.items() if key.startswith("ctx.")}
-        try:
-            return RecommendRequest(
-                user_id=_USER_ID.validate_python(user_id), k=min(k, 1000),
-                exclude_seen=q.get("exclude_seen", "true").lower() not in ("0", "false", "no"),
-                filters=Filters(
-                    include_categories=q.getall("include_category", []),
-                    exclude_categories=q.getall("exclude_category", []),
-                    exclude_items=q.getall("exclude_item", []),
-                    exclude_creators=q.getall("exclude_creator", []),
-                ),
-                context=context,
-            )
-        except ValidationError as exc:
-            raise HttpError(400, _errors(exc)) from None
+        return _get_request(s, user_id, q)
 
     async def recommend_get(request: Request) -> Response:
         check_auth(request, write=False)
@@ -173,14 +100,7 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
 
     async def recommend_post(request: Request) -> Response:
         check_auth(request, write=False)
-        body = await read_body(request)
-        try:
-            req = RecommendRequest.model_validate(body)
-        except ValidationError as exc:
-            raise HttpError(422, _errors(exc)) from None
-        if req.k > s.max_k:
-            raise HttpError(400, f"k must be between 1 and {s.max_k}")
-        return await answer(req)
+        return await answer(await _post_request(s, request))
 
     def intake(topic_name: str, model: Any, key_of: Callable[[Any], str]) -> Callable[[Request], Awaitable[Response]]:
         adapter: TypeAdapter[Any] = TypeAdapter(model)
@@ -261,14 +181,3 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         app.router.add_route(method, path, guarded(path, fn))
     app[FAST_GET] = recommend_fast
     return app
-
-
-@web.middleware
-async def _errors_as_json(request: Request, handler: Callable[[Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """aiohttp's own 4xx (unknown path, wrong method) as JSON with a message, like ours."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _json({"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status)

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "towerstream.cli_produce",
     "towerstream.cli_evaluate",
     "towerstream.cli_drift",
+    "towerstream.cli_serve",
 )
 
 
