@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from towerstream.broker import EmbeddedBroker, port_open
-from towerstream.processes import WorkerProcess
+from towerstream.processes import WorkerError, WorkerProcess
+from towerstream.replica_process import ReplicaProcess
 from towerstream.settings import Settings
 
 
@@ -67,30 +68,93 @@ def stop_worker(worker: WorkerProcess) -> int:
     return 0 if code == 0 else 1
 
 
+class Roles:
+    """The laptop mode's processes: one worker, or one trainer and ``replicas`` serving replicas.
+
+    With no replica the worker is one process that trains, publishes and answers from its own
+    index. With replicas the worker runs as the trainer (role ``train``, on ``web_port``: event
+    intake, ``/healthz``, ``/metrics``) and replica ``i`` (from 1) answers on ``web_port + i``, as
+    in ``docker-compose.yml``: the same processes a team runs, on one machine.
+    """
+
+    def __init__(self, settings: Settings, replicas: int, log_path: Path | None) -> None:
+        """``log_path``: the worker's log (replica ``i`` logs beside it, to ``replica-<i>.log``);
+        ``None``: every process logs to our own terminal."""
+        self.settings = settings
+        role = {"role": "train"} if replicas else {}
+        self.worker = WorkerProcess(settings.model_copy(update=role), log_path=log_path,
+                                    inherit_output=log_path is None)
+        self.replicas = [
+            ReplicaProcess(settings.model_copy(update={"web_port": settings.web_port + i}),
+                           log_path=None if log_path is None else log_path.with_name(f"replica-{i}.log"),
+                           inherit_output=log_path is None)
+            for i in range(1, replicas + 1)
+        ]
+
+    @property
+    def serving_url(self) -> str:
+        """Where ``/recommend`` is answered: the first replica, or the worker itself."""
+        return (self.replicas[0] if self.replicas else self.worker).base_url
+
+    def start(self) -> None:
+        self.worker.start()
+        for r in self.replicas:
+            r.start()
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        """The worker's (or trainer's) ``/healthz`` once ready; then every replica's readiness."""
+        health = self.worker.wait_ready(timeout=timeout)
+        for i, r in enumerate(self.replicas, 1):
+            body = r.wait_ready(timeout=timeout)
+            print(f"replica {i} ready on {r.base_url}: model version {body.get('version')}, "
+                  f"{body.get('items')} items", file=sys.stderr)
+        return health
+
+    def alive(self) -> bool:
+        return self.worker.alive() and all(r.alive() for r in self.replicas)
+
+    def returncode(self) -> int:
+        """The exit status of the first process found gone (0 if all are still running)."""
+        for p in (self.worker, *self.replicas):
+            if p.proc is not None and p.proc.poll() is not None:
+                return p.proc.returncode or 1
+        return 0
+
+    def stop(self) -> int:
+        """Replicas first (they keep no state), then the worker with its final checkpoint."""
+        codes = [r.stop() for r in self.replicas]
+        worker = stop_worker(self.worker)
+        return worker if all(c in (0, None) for c in codes) else 1
+
+    def close(self) -> None:
+        """Stop whatever still runs, saying nothing (a no-op for processes that have exited)."""
+        for p in (*self.replicas, self.worker):
+            p.stop()
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings()
     say_state(settings)
     with kafka_for(settings) as s:
         _ensure_topics(s)
         env_log = os.environ.get("TOWERSTREAM_WORKER_LOG")
-        # In the foreground the worker's logs go to our terminal.
-        worker = WorkerProcess(s, log_path=Path(env_log) if env_log else None, inherit_output=not env_log)
+        # In the foreground the processes' logs go to our terminal.
+        roles = Roles(s, args.replicas, Path(env_log) if env_log else None)
         try:
-            worker.start()
+            roles.start()
             said = False
-            while worker.alive():
+            while roles.alive():
                 if not said:
-                    status, body = worker.health()
+                    status, body = roles.worker.health()
                     if status == 200:
                         say_reloaded(body)
                         said = True
                 time.sleep(0.5)
-            assert worker.proc is not None
-            return worker.proc.returncode
+            return roles.returncode()
         except KeyboardInterrupt:  # SIGTERM or SIGINT (towerstream.lifecycle.StopSignals)
-            return stop_worker(worker)
+            return roles.stop()
         finally:
-            worker.stop()  # no-op once it has exited; the embedded broker stops after it
+            roles.close()  # the embedded broker stops after them
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -128,12 +192,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with kafka_for(settings) as s:
         _ensure_topics(s)
         log_path = data_dir / "worker.log"
-        worker = WorkerProcess(s, log_path=log_path)
+        roles = Roles(s, args.replicas, log_path)
         try:
-            worker.start()
-            print(f"starting worker (logs: {log_path}) ...", file=sys.stderr)
-            say_reloaded(worker.wait_ready(timeout=120))
-            url = f"{worker.base_url}/recommend/u1?k=10"
+            roles.start()
+            what = f"a trainer and {args.replicas} serving replicas" if args.replicas else "the worker"
+            print(f"starting {what} (logs: {log_path.parent}) ...", file=sys.stderr)
+            say_reloaded(roles.wait_ready(timeout=120))
+            url = f"{roles.serving_url}/recommend/u1?k=10"
             spec = StreamSpec(users=args.users, items=args.items, interactions=int(args.rate * args.duration),
                               seed=args.seed)
             records = list(generate(spec))
@@ -157,29 +222,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                   rec.value_bytes(), timestamp_ms=rec.timestamp)
                 summary = prod.flush()
             print(f"stream done: {summary.line()}", file=sys.stderr)
+            for i, r in enumerate(roles.replicas, 1):
+                print(f"replica {i}: curl '{r.base_url}/recommend/u1?k=10'", file=sys.stderr)
             print(f"live recommendations: curl '{url}'  (Ctrl-C to stop)", file=sys.stderr)
-            while worker.alive():
+            while roles.alive():
                 time.sleep(0.5)
-            return 1
+            return roles.returncode()
         except KeyboardInterrupt:
             print("\nstopping ...", file=sys.stderr)
-            return stop_worker(worker)
+            return roles.stop()
+        except WorkerError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
         finally:
-            worker.stop()
+            roles.close()
+
+
+def _replicas_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help=f"0 (default): {what} is one process that trains and answers. N > 0: it runs as the trainer "
+                        "(role train) on TOWERSTREAM_WEB_PORT and N serving replicas (towerstream serve) answer on "
+                        "the next N ports")
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("worker", help="run the Faust worker (embedded broker when no Kafka is configured)")
+    _replicas_flag(p, "the worker")
     p.set_defaults(func=cmd_worker)
     t = sub.add_parser("train", help="run the worker as the trainer: it learns and publishes item vectors and model "
                                      "versions for serving replicas, and answers no /recommend")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=cmd_train, replicas=0)
     d = sub.add_parser("demo", help="embedded broker + worker + a generated stream, with live recommendations")
     d.add_argument("--users", type=int, default=500)
     d.add_argument("--items", type=int, default=1000)
     d.add_argument("--rate", type=float, default=200.0, help="interactions per second")
     d.add_argument("--duration", type=float, default=120.0, help="seconds of interactions to stream")
     d.add_argument("--seed", type=int, default=0)
+    _replicas_flag(d, "the worker")
     d.add_argument("--fresh", action="store_true",
                    help="start from nothing: move the data dir's state aside first (to <data dir>.previous)")
     d.set_defaults(func=cmd_demo)
