@@ -253,6 +253,64 @@ class ProbeResult:
 
 
 # ----- the monitor -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServedFigures:
+    """The served-lists part of a drift report (``None`` where the window cannot say)."""
+
+    lists: int
+    coverage: float | None
+    gini: float | None
+    score_psi: float | None
+
+
+class ServedLists:
+    """What was served, window by window: coverage and Gini over live items, PSI of model scores.
+
+    Why apart from ``DriftMonitor``: a serving replica serves but never learns, and reports these
+    figures about its own answers; the trainer's monitor then reports the embedding space alone.
+    ``observe`` runs on any thread (it only takes a lock and appends); ``take`` closes the window.
+    """
+
+    def __init__(self, max_scores: int = 100_000, psi_bins: int = 10) -> None:
+        self.max_scores = max_scores
+        self.psi_bins = psi_bins
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._scores: list[float] = []
+        self._lists = 0
+        self._prev_scores: np.ndarray | None = None
+
+    def observe(self, items: Sequence[tuple[str, float]], model: bool = True) -> None:
+        """One answer: ``(item id, score)`` pairs; only a model answer's scores count for PSI."""
+        with self._lock:
+            self._lists += 1
+            self._counts.update(str(i) for i, _ in items)
+            if model and len(self._scores) < self.max_scores:
+                self._scores.extend(float(sc) for _, sc in items)
+
+    def take(self, live_of: Callable[[list[str]], np.ndarray], n_live: int) -> ServedFigures:
+        """Close the window. ``live_of(ids)``: a bool mask, which served ids are live items now;
+        ``n_live``: how many live items there are (coverage's and Gini's denominator)."""
+        with self._lock:
+            counts, scores, lists = self._counts, self._scores, self._lists
+            self._counts, self._scores, self._lists = Counter(), [], 0
+        coverage = gini_ = score_psi = None
+        if lists and n_live:
+            ids = list(counts)
+            live = live_of(ids) if ids else np.zeros(0, dtype=bool)
+            served = np.array([counts[i] for i in ids], dtype=np.float64)[live]
+            # Live items nobody was served count as zeros (Gini sorts, so their place is irrelevant).
+            per_live = np.concatenate([np.zeros(max(n_live - served.size, 0)), served])
+            coverage = float(np.count_nonzero(served)) / n_live
+            gini_ = gini(per_live)
+        cur = np.asarray(scores, dtype=np.float64)
+        if cur.size >= MIN_PSI_SCORES:
+            if self._prev_scores is not None and self._prev_scores.size >= MIN_PSI_SCORES:
+                score_psi = psi(self._prev_scores, cur, self.psi_bins)
+            self._prev_scores = cur
+        return ServedFigures(lists=lists, coverage=coverage, gini=gini_, score_psi=score_psi)
+
+
 class DriftMonitor:
     """Worker hook object: ``before_learn`` / ``after_learn`` / ``observe_served`` / ``report``."""
 
@@ -277,16 +335,12 @@ class DriftMonitor:
         self._tracked = np.zeros(0, dtype=np.int64)
         self._prev_snap: tuple[np.ndarray, np.ndarray] | None = None
         self._ref_snap: tuple[np.ndarray, np.ndarray] | None = None
-        self._prev_scores: np.ndarray | None = None
         self._reset_window()
-        # any-thread state (served lists)
-        self._lock = threading.Lock()
+        #: Any-thread state: what was served.
+        self.served = ServedLists(self.config.max_scores, self.config.psi_bins)
         #: ``before_learn`` runs where a batch is committed, ``after_learn`` and ``report`` where it
         #: is trained: two threads in a worker, so the hooks take turns.
         self._hooks = threading.RLock()
-        self._served_counts: Counter[str] = Counter()
-        self._served_scores: list[float] = []
-        self._served_lists = 0
 
     def _reset_window(self) -> None:
         self._w_events = 0
@@ -376,12 +430,7 @@ class DriftMonitor:
     def observe_served(self, recommendations: Any) -> None:
         """One answer served (any thread): items count for coverage/Gini, model scores for PSI."""
         items = getattr(recommendations, "items", recommendations)
-        model = getattr(recommendations, "source", "model") == "model"
-        with self._lock:
-            self._served_lists += 1
-            self._served_counts.update(str(i) for i, _ in items)
-            if model and len(self._served_scores) < self.config.max_scores:
-                self._served_scores.extend(float(s) for _, s in items)
+        self.served.observe(items, getattr(recommendations, "source", "model") == "model")
 
     # ----- cadence -------------------------------------------------------------------------------
     @property
@@ -460,25 +509,14 @@ class DriftMonitor:
                      else np.sort(self.rng.choice(n_users, size=cfg.track_users, replace=False)))
             user_norm = quantiles(np.linalg.norm(engine.trainer.embed_users(urows), axis=1))
 
-        with self._lock:
-            counts, scores, lists = self._served_counts, self._served_scores, self._served_lists
-            self._served_counts, self._served_scores, self._served_lists = Counter(), [], 0
-        coverage = gini_ = score_psi = None
-        if lists and live.size:
-            ids = list(counts)
-            item_rows = np.asarray(engine.items.rows(ids), dtype=np.int64) if ids else np.zeros(0, np.int64)
-            per_live = np.zeros(live.size, dtype=np.float64)
+        def live_of(ids: list[str]) -> np.ndarray:
+            item_rows = np.asarray(engine.items.rows(ids), dtype=np.int64)
             pos = np.searchsorted(live, item_rows)
             ok = (item_rows >= 0) & (pos < live.size)
             ok[ok] &= live[pos[ok]] == item_rows[ok]
-            np.add.at(per_live, pos[ok], np.array([counts[i] for i in ids], dtype=np.float64)[ok])
-            coverage = float(np.count_nonzero(per_live)) / live.size
-            gini_ = gini(per_live)
-        cur = np.asarray(scores, dtype=np.float64)
-        if cur.size >= MIN_PSI_SCORES:
-            if self._prev_scores is not None and self._prev_scores.size >= MIN_PSI_SCORES:
-                score_psi = psi(self._prev_scores, cur, cfg.psi_bins)
-            self._prev_scores = cur
+            return ok
+
+        served = self.served.take(live_of, int(live.size))
 
         changes = list(self._w_changes)
         hr_change = any(c.detector == "hit_rate" for c in changes)
@@ -496,7 +534,7 @@ class DriftMonitor:
             user_norm=user_norm, item_norm=item_norm,
             item_shift_prev=item_shift_prev, item_shift_ref=item_shift_ref,
             variance_top1=top1, variance_top5=top5,
-            served_lists=lists, score_psi=score_psi, coverage=coverage, gini=gini_,
+            served_lists=served.lists, score_psi=served.score_psi, coverage=served.coverage, gini=served.gini,
             index_size=len(engine.index), live_items=int(live.size),
             freshness_lag_ms=quantiles(np.maximum(np.asarray(self._w_lags, dtype=np.float64), 0.0)),
             hit_rate_change=hr_change, item_shift_change=shift_change, change=hr_change or shift_change,

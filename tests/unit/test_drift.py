@@ -18,6 +18,7 @@ from towerstream.drift import (
     DriftConfig,
     DriftMonitor,
     DriftSettings,
+    ServedLists,
     aligned_shift,
     decode_record,
     gini,
@@ -193,9 +194,35 @@ def test_observe_served_is_thread_safe() -> None:
         t.start()
     for t in threads:
         t.join()
-    assert mon._served_lists == 4000
-    assert mon._served_counts["i0"] == 4000 and mon._served_counts["i9"] == 2000
-    assert len(mon._served_scores) == 20_000  # popularity "scores" are not similarities: not in PSI
+    assert mon.served._lists == 4000
+    assert mon.served._counts["i0"] == 4000 and mon.served._counts["i9"] == 2000
+    assert len(mon.served._scores) == 20_000  # popularity "scores" are not similarities: not in PSI
+
+
+def test_served_lists_count_only_live_items_and_compare_score_windows() -> None:
+    served = ServedLists(psi_bins=10)
+    for j in range(100):  # i0 in every list, i1..i99 once each; "gone" is served but no longer live
+        served.observe([("i0", 0.9), (f"i{j + 1}", 0.5), ("gone", 0.1)])
+    live = {f"i{j}" for j in range(200)}
+
+    def live_of(ids: list[str]) -> np.ndarray:
+        return np.array([i in live for i in ids])
+
+    first = served.take(live_of, len(live))
+    assert first.lists == 100
+    assert first.coverage == pytest.approx(101 / 200)  # "gone" does not count
+    expected = np.zeros(200)
+    expected[0], expected[1:101] = 100, 1
+    assert first.gini == pytest.approx(gini(expected))
+    assert first.score_psi is None  # no previous window yet
+    for _ in range(100):
+        served.observe([("i0", 0.9), ("i1", 0.5), ("gone", 0.1)])
+    assert served.take(live_of, len(live)).score_psi == pytest.approx(0.0, abs=1e-9)  # the same scores
+    for _ in range(100):
+        served.observe([("i0", 0.2), ("i1", 0.2), ("i2", 0.2)])
+    assert served.take(live_of, len(live)).score_psi > 0.25  # scores moved: a large shift
+    empty = served.take(live_of, len(live))
+    assert (empty.lists, empty.coverage, empty.gini, empty.score_psi) == (0, None, None, None)
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
