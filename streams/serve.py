@@ -41,7 +41,9 @@ from streams.health import Health
 from streams.http_api import HttpError, check_auth_header, errors_as_json, get_request, guarded, json_response, post_request
 from streams.kafka_auth import aiokafka_kwargs
 from streams.log_bounds import probe_highwaters
+from streams.replica_drift import ReplicaDrift
 from towerstream.events import Interaction, RecommendResponse, decode_interaction, encode
+from towerstream.drift import DriftConfig, DriftSettings
 from towerstream.events.recommend import RecommendRequest
 from towerstream.lifecycle import PARENT_PID_ENV, exit_after, watch_parent
 from towerstream.published import ITEM_VECTORS, MODEL
@@ -65,9 +67,10 @@ PROBE_EVERY_S = 2.0
 class ReplicaServer:
     """The replica's I/O around one ``Replica``: readers, the request group, HTTP, health."""
 
-    def __init__(self, settings: Settings, replica: Replica | None = None) -> None:
+    def __init__(self, settings: Settings, replica: Replica | None = None, drift: DriftConfig | None = None) -> None:
         self.settings = settings
         self.replica = replica or Replica(max_k=settings.max_k)
+        self.drift = ReplicaDrift(settings, self.replica, drift or DriftConfig())
         self.health = Health()
         self.follow = FollowState(FOLLOWED)
         self.kafka_up = False
@@ -373,6 +376,7 @@ class ReplicaServer:
         t0 = time.perf_counter()
         resp = self.replica.recommend(req)
         metrics.RECOMMEND_SECONDS.labels(resp.source).observe(time.perf_counter() - t0)
+        self.drift.observe(resp)
         return resp
 
     # ----- HTTP ----------------------------------------------------------------------------------
@@ -459,7 +463,7 @@ class ReplicaServer:
 
         async def requests() -> None:
             await self._start(producer, "producer")
-            await self.answer_requests(producer)
+            await asyncio.gather(self.answer_requests(producer), self.drift.run(producer))
 
         tasks.append(asyncio.create_task(requests(), name="requests"))
         stop = asyncio.create_task(self.stopping.wait())
@@ -485,7 +489,7 @@ def serve(settings: Settings) -> int:
     """``towerstream serve``: one replica until SIGTERM/SIGINT (then a clean stop, bounded)."""
 
     async def main() -> None:
-        server = ReplicaServer(settings)
+        server = ReplicaServer(settings, drift=DriftSettings().config())
         loop = asyncio.get_running_loop()
         stopped_by: list[int] = []
 

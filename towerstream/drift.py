@@ -161,13 +161,17 @@ def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.nda
     return float(np.sum((pa - pe) * np.log(pa / pe)))
 
 
-def gini(counts: Sequence[float] | np.ndarray) -> float | None:
-    """Gini coefficient of non-negative counts (0 equal, -> 1 concentrated); None if all zero."""
+def gini(counts: Sequence[float] | np.ndarray, zeros: int = 0) -> float | None:
+    """Gini coefficient of non-negative counts (0 equal, -> 1 concentrated); None if all zero.
+
+    ``zeros``: that many more counts of 0, not materialised (the live items nobody was served,
+    which in a large catalog are most of them).
+    """
     x = np.sort(np.asarray(counts, dtype=np.float64))
-    n, total = x.size, float(x.sum()) if x.size else 0.0
+    n, total = x.size + zeros, float(x.sum()) if x.size else 0.0
     if n == 0 or total <= 0:
         return None
-    g = 2.0 * float(np.sum(np.arange(1, n + 1) * x)) / (n * total) - (n + 1) / n
+    g = 2.0 * float(np.sum(np.arange(zeros + 1, n + 1) * x)) / (n * total) - (n + 1) / n
     return min(max(g, 0.0), 1.0)
 
 
@@ -299,10 +303,8 @@ class ServedLists:
             ids = list(counts)
             live = live_of(ids) if ids else np.zeros(0, dtype=bool)
             served = np.array([counts[i] for i in ids], dtype=np.float64)[live]
-            # Live items nobody was served count as zeros (Gini sorts, so their place is irrelevant).
-            per_live = np.concatenate([np.zeros(max(n_live - served.size, 0)), served])
             coverage = float(np.count_nonzero(served)) / n_live
-            gini_ = gini(per_live)
+            gini_ = gini(served, zeros=max(n_live - served.size, 0))  # the live items nobody was served
         cur = np.asarray(scores, dtype=np.float64)
         if cur.size >= MIN_PSI_SCORES:
             if self._prev_scores is not None and self._prev_scores.size >= MIN_PSI_SCORES:

@@ -469,6 +469,11 @@ class Replica:
         act = self._active
         return act.version if act is not None else None
 
+    @property
+    def active(self) -> _Active | None:
+        """The active version's whole state, taken once (``None`` before the first switch)."""
+        return self._active
+
     def status(self) -> dict[str, Any]:
         """What ``/healthz`` and ``/metrics`` report (JSON-able).
 

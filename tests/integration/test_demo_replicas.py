@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,10 @@ from typing import Any
 
 import pytest
 
+from kafka import KafkaConsumer, TopicPartition
+
 from towerstream.broker import EmbeddedBroker, free_port, port_open
+from towerstream.events.drift import DriftReport
 from towerstream.processes import http_json
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -34,6 +38,25 @@ def _free_run(n: int) -> int:
         if p + n < 65535 and not any(port_open("127.0.0.1", p + i) for i in range(n)):
             return p
     raise RuntimeError("no run of free ports")
+
+
+def read_all(broker: EmbeddedBroker, topic: str) -> list[Any]:
+    """The records of ``topic`` up to its end offsets when called (reports keep arriving meanwhile)."""
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out: list[Any] = []
+        end = time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < end, (ends, [consumer.position(tp) for tp in tps])
+            for records in consumer.poll(timeout_ms=300).values():
+                out.extend(records)
+        return out
+    finally:
+        consumer.close()
 
 
 def _get(port: int, path: str) -> tuple[int, Any]:
@@ -54,7 +77,7 @@ def test_demo_with_two_replicas_serves_from_both_and_stops_them_all(
         "TOWERSTREAM_WEB_PORT": str(port), "TOWERSTREAM_TOPIC_PREFIX": topic_prefix,
         "TOWERSTREAM_APP_ID": topic_prefix, "TOWERSTREAM_BROKER_SESSION_TIMEOUT": "6",
         "TOWERSTREAM_BROKER_HEARTBEAT_INTERVAL": "2", "TOWERSTREAM_TOPIC_PARTITIONS": "2",
-        "TOWERSTREAM_VERSION_EVERY_S": "3",
+        "TOWERSTREAM_VERSION_EVERY_S": "3", "TOWERSTREAM_DRIFT_EVERY_S": "1",
     })
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
@@ -95,6 +118,22 @@ def test_demo_with_two_replicas_serves_from_both_and_stops_them_all(
             assert [x["item_id"] for x in answers[0]["items"]] == [x["item_id"] for x in answers[1]["items"]], answers
             for a, b in zip(answers[0]["items"], answers[1]["items"]):
                 assert abs(a["score"] - b["score"]) <= 1e-5, answers
+
+            # The drift stream: learning figures from the trainer, served lists from each replica.
+            host = socket.gethostname()
+            replicas = {f"{topic_prefix}.replica.{host}:{port + i}" for i in (1, 2)}
+            end = time.monotonic() + 60
+            while True:
+                reports = [DriftReport.model_validate_json(r.value) for r in read_all(broker, f"{topic_prefix}.drift-metrics")]
+                served_by = {r.source for r in reports if r.source in replicas and r.served_lists > 0}
+                if served_by == replicas:
+                    break
+                assert time.monotonic() < end, sorted({(r.source, r.served_lists) for r in reports})
+                time.sleep(1.0)
+            trainer_reports = [r for r in reports if r.source == topic_prefix]
+            assert trainer_reports and max(r.events_total for r in trainer_reports) > 0, reports
+            assert all(r.served_lists == 0 for r in trainer_reports), trainer_reports  # it serves nothing
+            assert all(r.events == 0 and r.probes == 0 for r in reports if r.source in replicas)
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             try:

@@ -214,6 +214,7 @@ def test_served_lists_count_only_live_items_and_compare_score_windows() -> None:
     expected = np.zeros(200)
     expected[0], expected[1:101] = 100, 1
     assert first.gini == pytest.approx(gini(expected))
+    assert gini(expected[expected > 0], zeros=99) == pytest.approx(gini(expected))
     assert first.score_psi is None  # no previous window yet
     for _ in range(100):
         served.observe([("i0", 0.9), ("i1", 0.5), ("gone", 0.1)])
