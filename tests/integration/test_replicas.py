@@ -460,7 +460,9 @@ def test_every_answer_across_version_switches_is_of_one_complete_version(cluster
     Each answer must be exactly what its version gives: its scores are recomputed from that
     version's published user tower and item vectors. Seen failing with: a switch that keeps the
     previous version's user model for half a second (``_Active(new items, old model)``, then the
-    whole): an answer's scores are off by ~7e-4, so the check's 1e-5 sees it.
+    whole): an answer's scores are off by ~7e-4, so the check's 1e-5 sees it; and a replica that
+    switches once a version's parts are in, before its ``VersionComplete`` and vectors (an answer
+    from that version's still empty index).
     """
     c = cluster
     start = c.settle()
