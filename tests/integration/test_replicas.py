@@ -386,7 +386,9 @@ def same_answers(c: Cluster, names: list[str], users: list[str]) -> dict[str, di
         for name in names[1:]:
             b = bodies[name]
             assert b["model_version"] == ref["model_version"] and b["source"] == ref["source"], (user, ref, b)
-            assert [i["item_id"] for i in b["items"]] == [i["item_id"] for i in ref["items"]], (user, name, ref, b)
+            assert [i["item_id"] for i in b["items"]] == [i["item_id"] for i in ref["items"]], (
+                user, names[0], [(i["item_id"], i["score"]) for i in ref["items"]],
+                name, [(i["item_id"], i["score"]) for i in b["items"]])
             np.testing.assert_allclose([i["score"] for i in b["items"]], [i["score"] for i in ref["items"]],
                                        atol=1e-5, rtol=0, err_msg=f"{user} at {name}")
         first[user] = ref
