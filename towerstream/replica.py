@@ -383,13 +383,24 @@ class Replica:
             return self._scan_included(items, uvec, k, excl_rows, f)
         has_filters = bool(inc or exc or creators)
         allow = items.attrs.allowed(inc, exc, creators) if has_filters else None
-        D, I = items.index.search(uvec[None, :], k, exclude=[excl_rows], allow=allow)
+        # Ties by item id, not row: rows are assigned in arrival order, which differs between
+        # replicas, and the index orders equal scores by row. One more than k is searched for (more
+        # while the last one still ties the k-th), so which of the tied items make the cut does
+        # not depend on rows either.
+        want = k + 1
+        while True:
+            D, I = items.index.search(uvec[None, :], want, exclude=[excl_rows], allow=allow)
+            hits = [(r, sc) for r, sc in zip(I[0].tolist(), D[0].tolist()) if r >= 0]
+            if len(hits) < want or hits[-1][1] < hits[k - 1][1]:
+                break
+            want *= 2
         out: list[tuple[str, float]] = []
-        for r, sc in zip(I[0].tolist(), D[0].tolist()):
+        for r, sc in hits:
             # Checked again: an item may have changed since the bitmap was made.
-            if r >= 0 and (allow is None or items.passes(r, inc, exc, creators)):
+            if allow is None or items.passes(r, inc, exc, creators):
                 out.append((items.ids[r], sc))
-        return out
+        out.sort(key=lambda p: (-p[1], p[0]))
+        return out[:k]
 
     def _scan_included(self, items: VersionItems, uvec: np.ndarray, k: int, excl_rows: set[int],
                        f: Filters) -> list[tuple[str, float]]:

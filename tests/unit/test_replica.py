@@ -194,6 +194,43 @@ def test_replicas_fed_different_interleavings_answer_alike() -> None:
     assert sources == {"model", "popularity"}
 
 
+def test_equal_scores_are_ordered_by_item_id_whatever_rows_the_replica_gave_them() -> None:
+    """Items with the same vector score the same; the index orders them by row, and rows are
+    assigned in arrival order, which differs between replicas. Seen in the end-to-end test
+    (``tests/integration/test_replicas.py``): two real replicas swapped two items of one answer.
+    Here three items tie for the first place, arriving in opposite orders at two replicas, and
+    k cuts through the tie."""
+    from towerstream.published import ItemVector
+
+    tr = trainer(n_items=N_ITEMS)
+    log = Log()
+    log.publish(tr, 1, N_USERS)
+    ref = Replica()
+    feed_all(ref, log)
+    top_id = answer(ref, user_id(3), k=1, exclude_seen=False)[0][0]
+    top = log.vectors[1][top_id]
+    twins = [t for t in (f"twin-{n}" for n in range(40)) if item_partition(t.encode()) != item_partition(b"twin-0")]
+    for key in ("twin-0", twins[0]):
+        log.put_item(ItemVector(key, 1, top.copy(), ("genre0",), None, key), key)
+    log.model = [r for r in log.model if r[2] != VERSION_KEY]  # completed below, with the twins in
+    log.complete(1, len(log.model), N_ITEMS + 2)
+
+    def run(parts: list[list[object]]) -> Replica:
+        rep = Replica()
+        rep.apply_model_records(log.model)
+        for recs in parts:
+            rep.apply_item_records(recs)  # type: ignore[arg-type]
+        return rep
+
+    a, b = run(list(log.items)), run(list(reversed(log.items)))
+    assert a.version == b.version == 1
+    tied = sorted([top_id, "twin-0", twins[0]])
+    for k in (2, 3, 10):
+        got_a, got_b = answer(a, user_id(3), k=k, exclude_seen=False), answer(b, user_id(3), k=k, exclude_seen=False)
+        assert got_a == got_b
+        assert [i for i, _ in got_a[:3]] == tied[:k]
+
+
 def test_a_switch_is_atomic_under_concurrent_queries() -> None:
     tr = trainer()
     log = Log()
