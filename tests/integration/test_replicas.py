@@ -73,8 +73,8 @@ def wait_for(what: str, cond: Callable[[], Any], timeout: float = WAIT_S, every:
 
 
 def digest(ids: set[str] | list[str]) -> str:
-    """As the replica reports it (``items_digest``): sha256 of the sorted ids joined by newlines."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    """As the replica reports it (``items_digest``): the sum of the ids' sha256, mod 2**256."""
+    return f"{sum(int.from_bytes(hashlib.sha256(i.encode()).digest(), 'big') for i in set(ids)) % (1 << 256):064x}"
 
 
 def get(url: str, timeout: float = 30.0) -> tuple[int, Any]:
