@@ -83,7 +83,6 @@ from bench._common import (  # noqa: E402
     write_json,
 )
 from bench.freshness import InteractionProbes, ItemProbes  # noqa: E402
-from bench.query_latency import query_phase  # noqa: E402
 from bench.throughput import sample_rate  # noqa: E402
 from towerstream.broker import free_port  # noqa: E402
 from towerstream.settings import Settings  # noqa: E402
@@ -92,6 +91,16 @@ CLUSTERS = 16
 
 
 # ----- processes -----------------------------------------------------------------------------------
+def keep_logs(work: Path, name: str) -> None:
+    """Copy the processes' logs out of the throw-away work dir (bench/results/logs/<name>/)."""
+    from bench._common import RESULTS
+
+    dst = RESULTS / "logs" / name
+    dst.mkdir(parents=True, exist_ok=True)
+    for log_file in work.glob("*.log"):
+        shutil.copy(log_file, dst / log_file.name)
+
+
 def start_replica(settings: Settings, log_path: Path, timeout: float = 300.0) -> tuple[Any, float, dict[str, Any]]:
     """``towerstream serve`` on ``settings``; returns (process, seconds from start to ready, health)."""
     from towerstream.replica_process import ReplicaProcess
@@ -216,15 +225,31 @@ def load_makers(meta: dict[str, Any], seed: int) -> tuple[Any, Any]:
     return upsert, interaction
 
 
+def query_phase(http: KeepAlive, users: list[str], n: int, rng: random.Random,
+                versions: list[tuple[float, int]] | None) -> tuple[list[float], int]:
+    """``bench/query_latency.py``'s loop (k=10, seen excluded, one keep-alive connection), also
+    noting each answer's ``model_version`` the first time it changes."""
+    lat: list[float] = []
+    errors = 0
+    for _ in range(n):
+        u = rng.choice(users)
+        t0 = time.perf_counter()
+        status, body = http.get_json(f"/recommend/{u}?k=10")
+        dt = 1000 * (time.perf_counter() - t0)
+        if status != 200 or body.get("source") != "model" or len(body.get("items", [])) != 10:
+            errors += 1
+        elif versions is not None and (not versions or versions[-1][1] != body.get("model_version")):
+            versions.append((time.time(), int(body.get("model_version") or 0)))
+        lat.append(dt)
+    return lat, errors
+
+
 def query_blocks(http: KeepAlive, users: list[str], blocks: int, n: int, rng: random.Random,
                  versions: list[tuple[float, int]] | None = None) -> list[dict[str, Any]]:
-    """``blocks`` x ``n`` sequential plain queries (k=10, seen excluded): p50/p99 per block."""
+    """``blocks`` x ``n`` sequential plain queries: p50/p99 per block."""
     out = []
     for _ in range(blocks):
-        lat, errors = query_phase(http, users, n, rng, "")
-        if versions is not None:
-            _, body = http.get_json(f"/recommend/{users[0]}?k=1")
-            versions.append((time.time(), int(body.get("model_version") or 0)))
+        lat, errors = query_phase(http, users, n, rng, versions)
         out.append({"p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "errors": errors, "n": n})
     return out
 
@@ -359,10 +384,10 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
         vec = sample_sizes(ts, "item-vectors", 20_000)
         inter = sample_sizes(ts, "interactions", 20_000)
         switch_delays = []
-        for seen_at, v in versions:
+        for n, (seen_at, v) in enumerate(versions):
             fin = (vinfo.get(v) or {}).get("finished_ms")
-            if fin and v > 1 and not any(v == w for _, w in versions[: versions.index((seen_at, v))]):
-                switch_delays.append(seen_at - fin / 1000)  # first answer seen with v (an upper bound)
+            if fin and n > 0:  # first answer seen with a version switched to during the queries
+                switch_delays.append(seen_at - fin / 1000)
         out["replica"] = {
             "trainer_ready_s": t_trainer, "first_version_s": t_first - t_trainer, "bootstrap_s": t_boot,
             "bootstrap_items": body.get("items"), "rss_ready_mib": rss_ready.get("VmRSS"),
@@ -405,6 +430,7 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
                              "rss_mib": wrss.get("VmRSS")}
     finally:
         broker.stop()
+        keep_logs(work, "replicas_latency")
         shutil.rmtree(work, ignore_errors=True)
     r = out["replica"]
     n_m = args.items / 1e6
@@ -600,6 +626,7 @@ def cmd_freshness(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, An
                   f"{ref['interaction_p99_ms'] or 0:.0f} ms; load {ref['loadavg']}", flush=True)
     finally:
         broker.stop()
+        keep_logs(work, "replicas_freshness")
         shutil.rmtree(work, ignore_errors=True)
     r = out["replica"]
     out["targets"] = {
