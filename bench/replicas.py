@@ -25,7 +25,7 @@ seed and load average, measures its reference in the same run, and writes
    sampled record sizes give the bytes replicated; answers carry ``model_version``, which against
    each ``VersionComplete.finished_ms`` gives the version switch delay at this size;
 4. reference, same run, same state, same load: the all-in-one worker (role ``worker``) answering
-   from its own engine.
+   from its own engine, publishing off unless ``--worker-publish`` (a worker no replica follows).
 
 ``freshness``: a trainer (``--version-every`` s between versions) and two replicas on a small
 catalog; 1,000 interactions/s; probes as in ``bench/freshness.py`` asked of a replica (a new item
@@ -358,8 +358,10 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
             assert replica.proc is not None
             try:
                 rss_ready = rss_mib(replica.proc.pid)
+                cpu_boot = cpu_seconds(replica.proc.pid)  # CPU the bootstrap took: contention does not inflate it
+                boot_load = [round(x, 2) for x in os.getloadavg()]
                 print(f"replica bootstrap: {t_boot:.1f}s to ready, version {body.get('version')}, "
-                      f"{body.get('items'):,} items, rss {rss_ready.get('VmRSS', 0):.0f} MiB; load {os.getloadavg()[0]:.2f}",
+                      f"{body.get('items'):,} items, {cpu_boot:.1f} CPU-s, rss {rss_ready.get('VmRSS', 0):.0f} MiB; load {os.getloadavg()[0]:.2f}",
                       flush=True)
                 http = KeepAlive(rs.web_host, rs.web_port)
                 rec, rec_versions = recall(http, meta)
@@ -390,6 +392,7 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
                 switch_delays.append(seen_at - fin / 1000)
         out["replica"] = {
             "trainer_ready_s": t_trainer, "first_version_s": t_first - t_trainer, "bootstrap_s": t_boot,
+            "bootstrap_cpu_s": cpu_boot, "bootstrap_loadavg": boot_load,
             "bootstrap_items": body.get("items"), "rss_ready_mib": rss_ready.get("VmRSS"),
             "rss_end_mib": rss_end.get("VmRSS"), "hwm_mib": rss_end.get("VmHWM"),
             "recall_at_10": rec, "recall_versions": sorted(rec_versions), "idle": idle_r, "load": load_r,
@@ -406,8 +409,11 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
         if not args.skip_reference:
             wprefix = f"rw{os.getpid()}"
             copy_state(state, work / "worker")
+            # Publishing off by default: the all-in-one worker as a deployment without replicas runs
+            # it (with it on, its own 1M-item sweep runs through the "no ingestion" phase).
             wsettings = worker_settings(broker, work / "worker", wprefix, topic_partitions=args.partitions,
-                                        checkpoint_every_s=3600.0, version_every_s=args.version_every)
+                                        checkpoint_every_s=3600.0, version_every_s=args.version_every,
+                                        publish=args.worker_publish)
             ensure_topics(wsettings)
             t0 = time.monotonic()
             w = start_worker(wsettings, work / "worker.log", timeout=600)
@@ -426,7 +432,7 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
             print(f"all-in-one worker (reference): ready in {t_w:.0f}s; no ingestion p99 {fmt(widle['p99_ms'], ' ms', 2)};"
                   f" under load p99 {fmt(wload['p99_ms'], ' ms', 2)}; recall@10 {wrec:.3f}; load {wload['loadavg']}",
                   flush=True)
-            out["worker"] = {"ready_s": t_w, "recall_at_10": wrec, "idle": widle, "load": wload,
+            out["worker"] = {"publish": args.worker_publish, "ready_s": t_w, "recall_at_10": wrec, "idle": widle, "load": wload,
                              "rss_mib": wrss.get("VmRSS")}
     finally:
         broker.stop()
@@ -436,7 +442,8 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
     n_m = args.items / 1e6
     out["per_replica"] = {
         "cpu_ms_per_query_idle": r["idle"]["cpu_ms_per_query"], "cpu_ms_per_query_load": r["load"]["cpu_ms_per_query"],
-        "bootstrap_s_per_million_vectors": r["bootstrap_s"] / n_m, "rss_mib_per_million_items": r["rss_ready_mib"] / n_m,
+        "bootstrap_s_per_million_vectors": r["bootstrap_s"] / n_m,
+        "bootstrap_cpu_s_per_million_vectors": r["bootstrap_cpu_s"] / n_m, "rss_mib_per_million_items": r["rss_ready_mib"] / n_m,
         "bytes_per_item_vector_record": vec["mean_bytes"], "bytes_per_interaction_record": inter["mean_bytes"],
     }
     out["targets"] = {
@@ -546,6 +553,7 @@ def probe_window(settings: Settings, args: argparse.Namespace, host: str, port: 
         "interaction_skipped": inter.skipped, "interaction_timeouts": inter.timeouts,
         "rate_sent": paced.achieved_rate(elapsed), "loadavg": [round(x, 2) for x in os.getloadavg()],
         "first_seen": watch.first_seen if watch else None,
+        "item_latencies_ms": il, "interaction_latencies_ms": xl,
     }
 
 
@@ -600,6 +608,10 @@ def cmd_freshness(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, An
         res["version_max_s"] = max(delays) if delays else None
         res["version_n"] = len(delays)
         res["bootstrap_s"] = [b for _, _, b in replicas]
+        # Publishing time of each version: weights taken -> VersionComplete sent (the sweep).
+        res["versions"] = vinfo
+        res["sweep_s"] = summarize([(i["finished_ms"] - i["taken_ms"]) / 1000 for i in vinfo.values()
+                                    if i.get("finished_ms") and i.get("taken_ms")])
         out["replica"] = res
         print(f"replica: item p50 {res['item_p50_ms'] or 0:.0f} ms p99 {res['item_p99_ms'] or 0:.0f} ms "
               f"({res['item_probes']} probes, {res['item_unseen_30s']} unseen); interaction p50 "
@@ -730,8 +742,10 @@ def main() -> None:
     lat.add_argument("--version-every", type=float, default=30.0, help="TOWERSTREAM_VERSION_EVERY_S (default: the setting's)")
     lat.add_argument("--partitions", type=int, default=4)
     lat.add_argument("--skip-reference", action="store_true")
+    lat.add_argument("--worker-publish", action="store_true",
+                     help="the reference worker publishes too (TOWERSTREAM_PUBLISH=true, the setting's default)")
     fr = sub.add_parser("freshness", help="2 replicas: new item, interaction and model version freshness")
-    fr.add_argument("--duration", type=float, default=60.0)
+    fr.add_argument("--duration", type=float, default=90.0)
     fr.add_argument("--rate", type=float, default=1000.0)
     fr.add_argument("--items", type=int, default=20_000)
     fr.add_argument("--users", type=int, default=5000)
@@ -739,7 +753,7 @@ def main() -> None:
     fr.add_argument("--item-every", type=float, default=0.5)
     fr.add_argument("--interaction-every", type=float, default=1.0)
     fr.add_argument("--poll-ms", type=float, default=20.0)
-    fr.add_argument("--version-every", type=float, default=5.0)
+    fr.add_argument("--version-every", type=float, default=30.0, help="TOWERSTREAM_VERSION_EVERY_S (default: the setting's)")
     fr.add_argument("--partitions", type=int, default=4)
     fr.add_argument("--skip-reference", action="store_true")
     tp = sub.add_parser("throughput", help="trainer interactions/s with publishing on and off")
