@@ -575,7 +575,8 @@ def cmd_freshness(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, An
         try:
             wait_trained(trainer.base_url, warm, args.items + n_probe)
             v0 = wait_published(trainer.base_url, 1, timeout=120)["version"]
-            wait_published(trainer.base_url, v0 + 1, timeout=120)  # a version with the warm-up in it
+            if args.version_every <= 60:  # a version with the warm-up trained into it
+                wait_published(trainer.base_url, v0 + 1, timeout=args.version_every + 90)
             for n in range(2):
                 rs = replica_settings(ts)
                 r, t_boot, _ = start_replica(rs, work / f"replica{n}.log")
