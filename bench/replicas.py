@@ -285,6 +285,14 @@ def under_load(settings: Settings, meta: dict[str, Any], args: argparse.Namespac
     blocks = query_blocks(http, users, args.blocks, args.queries, rng, versions)
     q_s = time.monotonic() - tq
     cpu = cpu_seconds(pid) - c0
+    # After the query blocks, load still on: what a readiness probe or a scrape costs (a replica's
+    # /healthz hashes its live item ids after every change; seen taking ~1 s at 1M items).
+    healthz_ms = []
+    for _ in range(5):
+        t1 = time.perf_counter()
+        http.get_json("/healthz")
+        healthz_ms.append(1000 * (time.perf_counter() - t1))
+        time.sleep(0.5)
     elapsed = time.monotonic() - t0
     ups.stop()
     ints.stop()
@@ -309,7 +317,7 @@ def under_load(settings: Settings, meta: dict[str, Any], args: argparse.Namespac
         "published_model_records": delta(f'towerstream_published_records_total{{topic="{prefix}.model"}}'),
         "versions_published": ((h1.get("published") or {}).get("version") or 0)
         - ((h0.get("published") or {}).get("version") or 0),
-        "seconds": elapsed, "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "seconds": elapsed, "loadavg": [round(x, 2) for x in os.getloadavg()], "healthz_ms": healthz_ms,
     }
 
 
@@ -374,7 +382,8 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
                 print(f"replica, under load: p99 {fmt(load_r['p99_ms'], ' ms', 2)}, "
                       f"{load_r['cpu_ms_per_query']:.2f} ms CPU/query; {load_r['upserts_sent_per_s']:.0f} upserts/s, "
                       f"{load_r['interactions_sent_per_s']:.0f} interactions/s sent; "
-                      f"{load_r['versions_published']} versions published meanwhile; load {load_r['loadavg']}",
+                      f"{load_r['versions_published']} versions published meanwhile; /healthz under load "
+                      f"{', '.join(f'{x:.0f}' for x in load_r['healthz_ms'])} ms; load {load_r['loadavg']}",
                       flush=True)
                 rss_end = rss_mib(replica.proc.pid)
                 http.close()
