@@ -386,6 +386,18 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
                       f"{', '.join(f'{x:.0f}' for x in load_r['healthz_ms'])} ms; load {load_r['loadavg']}",
                       flush=True)
                 rss_end = rss_mib(replica.proc.pid)
+                if args.await_version:
+                    # The version the load trained is being swept; wait for the replica to answer
+                    # from it (its answers carry model_version; /healthz would hash every id).
+                    deadline = time.monotonic() + args.await_version
+                    while time.monotonic() < deadline:
+                        _, b = http.get_json(f"/recommend/{users[0]}?k=1")
+                        v = int((b or {}).get("model_version") or 0)
+                        if not versions or versions[-1][1] != v:
+                            versions.append((time.time(), v))
+                        if v > 1:
+                            break
+                        time.sleep(0.1)
                 http.close()
             finally:
                 replica.stop(timeout=30)
@@ -399,6 +411,9 @@ def cmd_latency(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]
             fin = (vinfo.get(v) or {}).get("finished_ms")
             if fin and n > 0:  # first answer seen with a version switched to during the queries
                 switch_delays.append(seen_at - fin / 1000)
+        if switch_delays:
+            print(f"version switch seen in answers {', '.join(f'{d:.2f}' for d in switch_delays)} s after its "
+                  f"VersionComplete (versions {[v for _, v in versions]})", flush=True)
         out["replica"] = {
             "trainer_ready_s": t_trainer, "first_version_s": t_first - t_trainer, "bootstrap_s": t_boot,
             "bootstrap_cpu_s": cpu_boot, "bootstrap_loadavg": boot_load,
@@ -752,6 +767,8 @@ def main() -> None:
     lat.add_argument("--version-every", type=float, default=30.0, help="TOWERSTREAM_VERSION_EVERY_S (default: the setting's)")
     lat.add_argument("--partitions", type=int, default=4)
     lat.add_argument("--skip-reference", action="store_true")
+    lat.add_argument("--await-version", type=float, default=0.0,
+                     help="after the load, wait up to this many seconds for the replica to switch to the next version")
     lat.add_argument("--worker-publish", action="store_true",
                      help="the reference worker publishes too (TOWERSTREAM_PUBLISH=true, the setting's default)")
     fr = sub.add_parser("freshness", help="2 replicas: new item, interaction and model version freshness")
