@@ -24,6 +24,9 @@ seed and load average, measures its reference in the same run, and writes
    time over the queries gives CPU per query; the trainer's ``published_records_total`` and
    sampled record sizes give the bytes replicated; answers carry ``model_version``, which against
    each ``VersionComplete.finished_ms`` gives the version switch delay at this size;
+   After the queries, still under load, five ``/healthz`` calls are timed (a replica hashes its live
+   ids there after every change); with ``--await-version S`` the replica's answers are then watched
+   for up to S seconds for the next version (the 1M-item version switch delay);
 4. reference, same run, same state, same load: the all-in-one worker (role ``worker``) answering
    from its own engine, publishing off unless ``--worker-publish`` (a worker no replica follows).
 
