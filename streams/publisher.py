@@ -48,8 +48,13 @@ log = structlog.get_logger(__name__)
 
 #: RocksDB key of the next version number: written before any record of a version is sent.
 NEXT_VERSION_KEY = "pub:next_version"
-#: Items read, embedded and sent per step of a sweep (item changes are published between steps).
-SWEEP_CHUNK = 4096
+#: Items read, embedded and sent per step of a sweep (item changes are published between steps,
+#: so this bounds how long a new item waits behind a sweep).
+SWEEP_CHUNK = 1024
+#: The next version starts no sooner than this many times the last one took to publish, counted
+#: from its end: a large catalog's sweeps then take at most a third of the publisher's time (and of
+#: what every replica reads), whatever ``version_every_s`` says.
+SWEEP_SPACING = 2.0
 #: Records read back from the end of each model partition to find the newest ``VersionComplete``.
 TAIL_RECORDS = 2000
 #: Seconds between attempts while publishing fails.
@@ -83,7 +88,9 @@ class Publisher:
         self._item_ends: dict[int, int] = {}
         self._next_version: int | None = None
         self._need_version = True
+        #: When the last version finished, and how long it took to publish (``_due``).
         self._last_version_at = 0.0
+        self._last_version_s = 0.0
         #: Newest complete version (its frozen towers publish item changes) and the one in flight.
         self.complete: FrozenVersion | None = None
         self.inflight: FrozenVersion | None = None
@@ -174,7 +181,8 @@ class Publisher:
         if self._need_version:
             return True
         complete = self.complete
-        return (complete is not None and time.monotonic() - self._last_version_at >= self.settings.version_every_s
+        wait = max(self.settings.version_every_s, SWEEP_SPACING * self._last_version_s)
+        return (complete is not None and time.monotonic() - self._last_version_at >= wait
                 and self.engine.model_version != complete.steps)
 
     def _take_number(self) -> int:
@@ -192,7 +200,6 @@ class Publisher:
         frozen = freeze(self.engine, version)
         self.inflight, self._inflight_ids = frozen, set()
         self._need_version = False
-        self._last_version_at = time.monotonic()
         arrays, meta = frozen.model_payload()
         parts = split_model(version, pack_model(arrays, meta))
         for part in parts:
@@ -216,6 +223,7 @@ class Publisher:
         self.complete, self.inflight = frozen, None
         self.items, self.finished_ms = done.items, done.finished_ms
         seconds = time.perf_counter() - t0
+        self._last_version_at, self._last_version_s = time.monotonic(), seconds
         metrics.PUBLISHED_VERSION.set(version)
         metrics.VERSION_PUBLISH_SECONDS.observe(seconds)
         self.health.clear("publish")

@@ -10,7 +10,9 @@ catching up never takes requests from one that could answer them.
 
 Threads: the event loop fetches, serves HTTP and answers requests; one apply thread makes every
 change to the core (decoding, index upserts, version switches), so that a bootstrap of a large
-catalog does not stop the loop from answering ``/healthz``. Queries read the core's active state
+catalog does not stop the loop from answering ``/healthz``. Two readers feed it, each with its
+own consumer: the published topics, and the interactions, so that a version's sweep (a record per
+item) never queues a user's interaction behind more than one fetch of it. Queries read the core's active state
 on the loop while the apply thread changes it; the core makes that safe (one assignment per switch).
 
 Ready (``/healthz`` 200) means: the broker answers, a version is active, and every followed
@@ -56,8 +58,11 @@ INTERACTIONS = "interactions"
 #: The followed topics (logical names), in the order their records are applied within one fetch:
 #: vectors before the model records that may complete their version.
 FOLLOWED = (ITEM_VECTORS, MODEL, INTERACTIONS)
+#: Two readers, each with a consumer of its own, taking turns on the one apply thread: a sweep's
+#: flood of item vectors then never holds an interaction back by more than one applied fetch.
+FOLLOWERS: dict[str, tuple[str, ...]] = {"published": (ITEM_VECTORS, MODEL), "interactions": (INTERACTIONS,)}
 #: Records one fetch hands over at most (each batch is applied on the apply thread).
-FETCH_MAX_RECORDS = 5000
+FETCH_MAX_RECORDS = 2000
 #: Seconds between looks at the followed topics' partitions (a topic that grew, or appeared).
 METADATA_EVERY_S = 10.0
 #: Seconds between two broker probes (drives ``/healthz``'s "kafka unreachable").
@@ -83,6 +88,8 @@ class ReplicaServer:
         self._reported_skips: dict[tuple[str, str], int] = {}
         self._reported_switches = 0
         self._topic_of = {settings.topic(t): t for t in FOLLOWED}
+        #: Followers that have taken their start targets (``FollowState.started`` once all have).
+        self._followers_started: set[str] = set()
 
     # ----- state -------------------------------------------------------------------------------
     def _status(self) -> dict[str, Any]:
@@ -170,12 +177,12 @@ class ReplicaServer:
                 await client.close()
 
     # ----- following the published topics --------------------------------------------------------
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> tuple[list[TopicPartition], list[str]]:
-        """Every partition of the followed topics that exist now, and the topics that do not."""
+    async def _partitions(self, consumer: AIOKafkaConsumer, names: tuple[str, ...]) -> tuple[list[TopicPartition], list[str]]:
+        """Every partition of these followed topics that exist now, and the topics that do not."""
         await consumer.topics()  # refreshes the cluster metadata
         tps: list[TopicPartition] = []
         missing: list[str] = []
-        for name in FOLLOWED:
+        for name in names:
             parts = consumer.partitions_for_topic(self.settings.topic(name))
             if not parts:
                 missing.append(name)
@@ -201,18 +208,19 @@ class ReplicaServer:
                             reason="the probe fetch got no answer; the listed end is the target")
         return {tp: max(ends[tp], highwaters.get(tp, 0)) for tp in tps}
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> bool:
-        """Assign every followed partition, new ones from their start; True when none is missing.
+    async def _assign(self, consumer: AIOKafkaConsumer, follower: str) -> bool:
+        """Assign every partition of the follower's topics, new ones from their start; True when none is missing.
 
-        On the first call the targets (log ends at start) are taken; a partition or topic that
-        appears later is read from its start and gates nothing.
+        Until the follower has started, the targets (log ends at start) are taken; a partition or
+        topic that appears later is read from its start and gates nothing.
         """
-        tps, missing = await self._partitions(consumer)
+        tps, missing = await self._partitions(consumer, FOLLOWERS[follower])
+        first = follower not in self._followers_started
         current = set(consumer.assignment())
         new = [tp for tp in tps if tp not in current]
         if new:
             positions = {tp: await consumer.position(tp) for tp in current}
-            targets = await self._targets(consumer, new) if not self.follow.started else {}
+            targets = await self._targets(consumer, new) if first else {}
             consumer.assign(tps)
             for tp, pos in positions.items():
                 consumer.seek(tp, pos)
@@ -222,20 +230,22 @@ class ReplicaServer:
                 self.follow.add(name, tp.partition, targets.get(tp))
                 log.info("following", topic=tp.topic, partition=tp.partition, target=targets.get(tp))
         if missing:
-            self.health.degrade("topics", "followed topics do not exist yet", missing=missing)
-        elif not self.follow.started:
-            self.health.clear("topics")
-            self.follow.started = True
-            log.info("follow_targets", targets=self.follow.summary())
+            self.health.degrade(f"topics:{follower}", "followed topics do not exist yet", missing=missing)
+        elif first:
+            self.health.clear(f"topics:{follower}")
+            self._followers_started.add(follower)
+            if len(self._followers_started) == len(FOLLOWERS):
+                self.follow.started = True
+                log.info("follow_targets", targets=self.follow.summary())
         return not missing
 
-    async def follow_topics(self) -> None:
-        """Read every partition of the followed topics from the beginning and apply the records."""
+    async def follow_topics(self, follower: str) -> None:
+        """Read every partition of the follower's topics from the beginning and apply the records."""
         consumer = self._consumer(group_id=None, auto_offset_reset="none")
-        await self._start(consumer, "follower")
+        await self._start(consumer, follower)
         loop = asyncio.get_running_loop()
         try:
-            while not await self._assign(consumer):
+            while not await self._assign(consumer, follower):
                 await asyncio.sleep(1.0)
             looked_at = time.monotonic()
             while True:
@@ -251,7 +261,7 @@ class ReplicaServer:
                 await self._note_positions(consumer)
                 if time.monotonic() - looked_at > METADATA_EVERY_S:
                     looked_at = time.monotonic()
-                    await self._assign(consumer)
+                    await self._assign(consumer, follower)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), self.settings.stop_broker_wait_s)
@@ -299,8 +309,9 @@ class ReplicaServer:
             self.follow.applied(self._topic_of[tp.topic], tp.partition, pos, hw, None)
         if replaced:  # Tansu: a fetch past the end waits silently; the high watermark tells
             await self._reset(consumer, replaced, "past the end: the log was replaced")
-        positions = self.follow.positions(ITEM_VECTORS)
-        await asyncio.get_running_loop().run_in_executor(self._apply, self.replica.set_item_positions, positions)
+        if any(self._topic_of[tp.topic] == ITEM_VECTORS for tp in consumer.assignment()):
+            positions = self.follow.positions(ITEM_VECTORS)
+            await asyncio.get_running_loop().run_in_executor(self._apply, self.replica.set_item_positions, positions)
         if not self._ready_once.is_set() and self.ready:
             self._ready_once.set()
             st = self._status()
@@ -459,7 +470,7 @@ class ReplicaServer:
         producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, compression_type=s.compression_type,
                                     **aiokafka_kwargs(s))
         tasks = [asyncio.create_task(self.probe_kafka(), name="probe"),
-                 asyncio.create_task(self.follow_topics(), name="follow")]
+                 *(asyncio.create_task(self.follow_topics(f), name=f"follow-{f}") for f in FOLLOWERS)]
 
         async def requests() -> None:
             await self._start(producer, "producer")

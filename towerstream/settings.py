@@ -158,9 +158,10 @@ class Settings(BaseSettings):
     #: Publish item vectors and model versions to ``<prefix>.item-vectors`` and ``<prefix>.model``
     #: for serving replicas. Off: nothing is published and no replica can follow this trainer.
     publish: bool = True
-    #: A new model version is taken this often (seconds) when the towers have trained since the last
-    #: one; each version republishes every live item's vector, so this bounds replicas' staleness
-    #: against the cost of a full sweep.
+    #: A new model version is taken this long (seconds) after the last one finished, when the towers
+    #: have trained since; each version republishes every live item's vector, so this bounds
+    #: replicas' staleness against the cost of a full sweep. The wait is at least twice the last
+    #: version's publishing time, so sweeps of a large catalog never run back to back.
     version_every_s: float = Field(default=30.0, gt=0)
 
     @property
