@@ -65,7 +65,8 @@ class _Partition:
 class LagMonitor:
     """Per-partition positions reported by the readers, end offsets, lag gauges and stall conditions.
 
-    Thread-safe: the readers report on Faust's loop, ``/healthz`` reads on the HTTP thread.
+    Thread-safe (one lock around every read and write), whichever thread a reader or ``/healthz``
+    runs on.
     """
 
     def __init__(self, health: Health, stall_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:

@@ -59,7 +59,7 @@ class WorkerRuntime:
         #: Degraded conditions and notices shown on /healthz (``streams.health``).
         self.health = Health()
         #: Readers that must catch up with their topic before the worker is ready (``app`` adds
-        #: "items" when a batch reader or the reader process reads it): ready means the catalog
+        #: "items" when the batch reader reads it): ready means the catalog
         #: on the topic when the worker started is indexed, not only that the engine is open.
         self.catching_up: set[str] = set()
         #: Per-partition lag of every reader, and stalled partitions (``streams.lag``).

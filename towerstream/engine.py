@@ -928,7 +928,10 @@ class Engine:
             if int(urows.max()) < self.trainer.user_capacity():
                 # Not under the engine lock: a train step holds it for 100-400 ms. The forward reads
                 # weights the optimizer may be updating in place (a query can mix two steps'
-                # weights); tables grow by replacement, never in place, so reads stay valid.
+                # weights); tables grow by replacement, never in place, so reads stay valid. A
+                # copy of the weights per step would end the mixing but the id tables are most of
+                # them (tens of MB at 100k items and users), copied as long as a step takes; a
+                # serving replica answers from one published version instead.
                 uvec = self.trainer.embed_users(urows, ctx)
             else:
                 # A user created since the last train step: the tables must grow.
