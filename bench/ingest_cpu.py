@@ -1,11 +1,11 @@
 """Ingestion CPU: per-thread (and per-process) CPU of a worker while item upserts flow, no queries.
 
     .venv/bin/python bench/ingest_cpu.py --state bench/.cache/state-100000-100000-<hash>
-    TOWERSTREAM_ITEMS_CONSUMER=batch .venv/bin/python bench/ingest_cpu.py --state ...   # the in-process reader
+    TOWERSTREAM_ITEMS_CONSUMER=faust .venv/bin/python bench/ingest_cpu.py --state ...   # Faust's agent
 
 Starts a worker on a copy of a state built by ``bench/query_latency.py`` (its ``bench/.cache``
-directory), reads ``/proc/<pid>/task/*/stat`` of the worker and of its child processes (the items
-reader) over ``--seconds`` idle, then again while ``--rate`` upserts/s of existing items flow
+directory), reads ``/proc/<pid>/task/*/stat`` of the worker and of its child processes (if any)
+over ``--seconds`` idle, then again while ``--rate`` upserts/s of existing items flow
 (produced from a child process, as in ``bench/query_latency.py``). Reference in the same run: the
 idle worker. Threads are named by id; the worker's main thread (id = pid) runs Faust's event loop.
 """

@@ -155,7 +155,7 @@ def one_run(broker: Any, state: Path | None, meta: dict[str, Any], run: int, arg
         shutil.rmtree(data, ignore_errors=True)
     return {"ready_s": ready_s, "rss_ready_mib": rss_ready.get("VmRSS"), "rss_after_traffic_mib": rss_traffic.get("VmRSS"),
             "hwm_mib": rss_traffic.get("VmHWM"),
-            # The items reader process (ITEMS_CONSUMER=process) beside the worker, not in its RSS.
+            # Child processes of the worker, if any, not in its RSS.
             "reader_rss_ready_mib": reader_ready, "reader_rss_after_traffic_mib": reader_traffic,
             "items_indexed": h.get("items_indexed"),
             "users_known": h.get("users_known"), "trained_total": h.get("trained_total")}
@@ -192,7 +192,7 @@ def main() -> None:
             runs.append(r)
             print(f"run {run}: rss {r['rss_ready_mib']:.0f} MiB when ready ({r['ready_s']:.0f}s), "
                   f"{r['rss_after_traffic_mib']:.0f} MiB after {args.traffic_s:.0f}s of traffic, peak {r['hwm_mib']:.0f} MiB; "
-                  f"{r['items_indexed']:,.0f} items, {r['users_known']:,.0f} users; items reader process "
+                  f"{r['items_indexed']:,.0f} items, {r['users_known']:,.0f} users; child processes "
                   f"{r['reader_rss_ready_mib']:.0f} / {r['reader_rss_after_traffic_mib']:.0f} MiB", flush=True)
     finally:
         broker.stop()
@@ -201,7 +201,7 @@ def main() -> None:
     summary = {k: summarize([r[k] for r in runs]) for k in keys}
     print(f"worker at {args.items:,} items / {args.users:,} users: RSS {fmt(summary['rss_ready_mib'], ' MiB', 0)} ready,"
           f" {fmt(summary['rss_after_traffic_mib'], ' MiB', 0)} after traffic, peak {fmt(summary['hwm_mib'], ' MiB', 0)};"
-          f" items reader process {fmt(summary['reader_rss_after_traffic_mib'], ' MiB', 0)} after traffic;"
+          f" child processes {fmt(summary['reader_rss_after_traffic_mib'], ' MiB', 0)} after traffic;"
           f" median (min-max) over {len(runs)} runs")
     payload = {"benchmark": "memory", "env": env, "params": vars(args) | {"out": str(args.out)},
                "state": {k: v for k, v in meta.items() if k != "truth"}, "breakdown_mib": parts,

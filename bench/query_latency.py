@@ -168,16 +168,12 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
     key = f'towerstream_events_total{{topic="{prefix}.items"}}'
     applied = m1.get(key, 0.0) - m0.get(key, 0.0)
     # Server side (the worker's own histogram, plain queries under upserts): the share of answers
-    # that took longer than 2 / 5 ms inside the worker, and how many waited for a lock and went
-    # to a serving thread.
+    # that took longer than 2 / 5 ms inside the worker.
     def model_count(le: str) -> float:
         name = f'towerstream_recommend_seconds_bucket{{le="{le}",source="model"}}'
         return m_plain.get(name, 0.0) - m0.get(name, 0.0)
 
     served = model_count("+Inf")
-    pauses = [f'towerstream_query_priority_pauses_total{{outcome="{o}"}}' for o in ("done", "timeout")]
-    off = "towerstream_served_off_loop_total"
-    off_loop = m_plain.get(off, 0.0) - m0.get(off, 0.0)
     res = {
         "recall_at_10": recall, "startup_s": t_ready,
         "idle_p50_ms": percentile(lat_idle, 50), "idle_p99_ms": percentile(lat_idle, 99),
@@ -190,10 +186,7 @@ def one_run(broker: Any, state: Path, meta: dict[str, Any], run: int, args: argp
         "rss_end_mib": rss_end.get("VmRSS"), "hwm_mib": rss_end.get("VmHWM"),
         "server_over_5ms_fraction": (served - model_count("0.005")) / max(served, 1.0),
         "server_over_2ms_fraction": (served - model_count("0.002")) / max(served, 1.0),
-        "served_off_loop": off_loop, "cpu_steal_fraction": steal,
-        # Background waits for running queries (QUERY_PRIORITY_WAIT_MS), and those that hit the bound.
-        "priority_pauses": sum(m_plain.get(p, 0.0) - m0.get(p, 0.0) for p in pauses),
-        "priority_pause_timeouts": m_plain.get(pauses[1], 0.0) - m0.get(pauses[1], 0.0),
+        "cpu_steal_fraction": steal,
     }
     return res
 
@@ -235,8 +228,7 @@ def main() -> None:
                   f"{r['idle_p99_ms']:.2f} ms; with upserts: plain p50 {r['plain_p50_ms']:.2f} ms p99 "
                   f"{r['plain_p99_ms']:.2f} ms; filtered p50 {r['filtered_p50_ms']:.2f} ms p99 {r['filtered_p99_ms']:.2f}"
                   f" ms; in the worker {100 * r['server_over_2ms_fraction']:.1f}% > 2 ms, {100 * r['server_over_5ms_fraction']:.1f}% > 5 ms, "
-                  f"{r['served_off_loop']:.0f} off the loop, background waited {r['priority_pauses']:.0f} times for queries "
-                  f"({r['priority_pause_timeouts']:.0f} hit the bound); upserts sent {r['upserts_sent_per_s']:.0f}/s ({100 * r['upserts_applied_fraction']:.0f}% applied); worker "
+                  f"upserts sent {r['upserts_sent_per_s']:.0f}/s ({100 * r['upserts_applied_fraction']:.0f}% applied); worker "
                   f"{r['worker_cores_used']:.2f} cores, rss {r['rss_end_mib'] or 0:.0f} MiB; ready in {r['startup_s']:.0f}s; "
                   f"CPU steal {_pct(r['cpu_steal_fraction'])}",
                   flush=True)

@@ -9,7 +9,7 @@ with opaque blobs (e.g. tower weights) atomically.
 from __future__ import annotations
 
 from index_store.checkpoint import CheckpointInfo, load_latest_checkpoint, save_checkpoint
-from index_store.errors import CheckpointError, DimensionMismatch, IndexStoreError, UnknownId, WouldBlock
+from index_store.errors import CheckpointError, DimensionMismatch, IndexStoreError, UnknownId
 from index_store.id_map import IdMap
 from index_store.item_attributes import ItemAttributes
 from index_store.meta_store import MetaStore
@@ -25,7 +25,6 @@ __all__ = [
     "ItemAttributes",
     "MetaStore",
     "UnknownId",
-    "WouldBlock",
     "VectorIndex",
     "load_latest_checkpoint",
     "save_checkpoint",

@@ -49,13 +49,6 @@ class UnknownId(IndexStoreError, KeyError):
         return str(self.args[0])
 
 
-class WouldBlock(TowerstreamError):
-    """A call given a wait limit found a lock held longer (e.g. the index re-training or saving).
-
-    The caller retries where blocking is harmless (a worker thread instead of the event loop).
-    """
-
-
 class CheckpointError(IndexStoreError):
     """No checkpoint under a root could be read; `failures` says why each one was rejected."""
 

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from index_store._fs import fsync_dir
-from index_store.errors import DimensionMismatch, IndexStoreError, UnknownId, WouldBlock
+from index_store.errors import DimensionMismatch, IndexStoreError, UnknownId
 
 __all__ = ["IndexKind", "VectorIndex"]
 
@@ -60,9 +60,6 @@ OVERFETCH_LIMIT = 1024
 #: A filtered IVF search (``allow``) that finds fewer than k allowed results probes this many
 #: times more lists, up to all of them (then it is exact over the allowed ids).
 WIDEN_FACTOR = 8
-#: With ``wait_s`` (a caller on an event loop), a filtered search scans at most this many stored
-#: vectors (~1 ms on one core) before it raises ``WouldBlock`` and goes to a serving thread.
-INLINE_SCAN_MAX = 40_000
 
 #: faiss ships stubs for its SWIG C++ signatures, not for the numpy-friendly Python wrappers
 #: (remove_ids(array), SearchParameters(sel=...), DirectMap, PyCallbackIO*). Calls that the
@@ -354,7 +351,6 @@ class VectorIndex:
         exclude: Sequence[Collection[int]] | None = None,
         *,
         allow: npt.NDArray[np.bool_] | None = None,
-        wait_s: float | None = None,
     ) -> tuple[npt.NDArray[np.float32], Ids]:
         """Top-k by inner product.
 
@@ -365,9 +361,7 @@ class VectorIndex:
         Faiss bitmap selector), so a business filter that removes a user's whole neighbourhood
         still gets k results: a trained IVF probes more lists until it has k or has probed them
         all. Exact for "flat" (and for "ivf" before it trains); for trained "ivf" as good as its
-        nprobe. With ``wait_s``, raises ``WouldBlock`` after that long instead of waiting out an
-        upsert, save or re-train, or when a filtered search would scan more than
-        ``INLINE_SCAN_MAX`` vectors.
+        nprobe.
         """
         q = self._as_vectors(xq, "xq")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -380,23 +374,19 @@ class VectorIndex:
         I = np.full((nq, k), -1, dtype=np.int64)
         if nq == 0:
             return D, I
-        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
-            raise WouldBlock("index busy (upsert, save or re-train in progress)")
-        try:
+        with self._lock:
             n_live = len(self._live)
             if n_live == 0:
                 return D, I
             index = self._active()
             if allow is not None:
-                self._search_allowed(index, q, k, allow, exclude, D, I, inline=wait_s is not None)
+                self._search_allowed(index, q, k, allow, exclude, D, I)
             elif exclude is None:
                 self._set_threads()
                 Dk, Ik = index.search(q, min(k, n_live))
                 D[:, : Ik.shape[1]], I[:, : Ik.shape[1]] = Dk, Ik
             else:
                 self._search_excluding(index, q, k, exclude, D, I)
-        finally:
-            self._lock.release()
         missing = I < 0
         I[missing] = -1
         D[missing] = _NEG_INF  # Faiss pads with -FLT_MAX; -inf is unambiguous
@@ -411,13 +401,11 @@ class VectorIndex:
         exclude: Sequence[Collection[int]] | None,
         D: npt.NDArray[np.float32],
         I: Ids,
-        inline: bool,
     ) -> None:
         """Fill D, I with the best ids that ``allow`` marks and ``exclude[b]`` does not (caller holds the lock)."""
         n = len(allow)
         packed = np.packbits(allow, bitorder="little")  # bit i of byte i >> 3: Faiss' IDSelectorBitmap
         ivf = index if isinstance(index, faiss.IndexIVF) else None
-        per_list = index.ntotal / max(ivf.nlist, 1) if ivf is not None else 0.0
         self._set_threads()
         for b in range(q.shape[0]):
             bitmap = packed
@@ -435,8 +423,6 @@ class VectorIndex:
                 if ivf is None or Ib[0, -1] >= 0 or nprobe >= ivf.nlist:
                     break
                 nprobe = min(nprobe * WIDEN_FACTOR, ivf.nlist)
-                if inline and nprobe * per_list > INLINE_SCAN_MAX:
-                    raise WouldBlock("filters need a wider search")
             D[b], I[b] = Db[0], Ib[0]
             del sel, bitmap  # the selector reads the bitmap: both outlive the search
 
@@ -481,15 +467,10 @@ class VectorIndex:
             D[b, :kb], I[b, :kb] = Db[0], Ib[0]
             del params, allowed, banned_sel  # selectors must outlive the search call
 
-    def get(self, ids: npt.ArrayLike, *, wait_s: float | None = None) -> Vectors:
-        """Stored vectors for ids ``(N,)`` -> ``(N, D)`` float32; UnknownId if any is not stored.
-
-        With ``wait_s``, raises ``WouldBlock`` after that long instead of waiting for the lock.
-        """
+    def get(self, ids: npt.ArrayLike) -> Vectors:
+        """Stored vectors for ids ``(N,)`` -> ``(N, D)`` float32; UnknownId if any is not stored."""
         ids_ = _as_ids(ids)
-        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
-            raise WouldBlock("index busy (upsert, save or re-train in progress)")
-        try:
+        with self._lock:
             unknown = [i for i in ids_.tolist() if i not in self._live]
             if unknown:
                 raise UnknownId(unknown)
@@ -497,8 +478,6 @@ class VectorIndex:
                 return np.empty((0, self.dim), dtype=np.float32)
             self._set_threads()
             return self._active().reconstruct_batch(ids_)
-        finally:
-            self._lock.release()
 
     def ids(self) -> Ids:
         """Live ids ``(N,)`` int64, sorted."""

@@ -23,7 +23,6 @@ from streams.batch_apply import FAILED, apply_batch, record_of
 from streams.decoding import decode_all
 from streams.runtime import WorkerRuntime
 from streams.training_queue import TrainingQueue, _train_observed, commit_observed
-from towers.features import EncodedItems
 from towerstream.engine import SourcePos
 from towerstream.events import RecommendResponse, decode_interaction, decode_item, decode_user, encode
 from towerstream.events.recommend import RecommendRequest
@@ -39,7 +38,7 @@ async def _validate(
     reads the topics and sends the dead letters."""
     messages = [record_of(event) for event in events]
     if off_loop:
-        decoded = await runtime.run_items(decode_all, messages, decode, runtime.priority.pause)
+        decoded = await runtime.run_items(decode_all, messages, decode)
     else:
         decoded = decode_all(messages, decode)
     valid: list[Any] = []
@@ -67,22 +66,14 @@ async def apply_interaction_records(runtime: WorkerRuntime, engine: Any, queue: 
 
 
 async def apply_item_records(runtime: WorkerRuntime, engine: Any, records: list[Any]) -> None:
-    """Items (the in-process readers): decode and apply a batch on the items thread, or stage it."""
-    valid, sources = await _validate(runtime, records, decode_item, off_loop=True)
-    await apply_valid_items(runtime, engine, records, valid, sources)
-
-
-async def apply_valid_items(runtime: WorkerRuntime, engine: Any, records: list[Any], valid: list[Any],
-                            sources: list[SourcePos], encoded: EncodedItems | None = None) -> None:
-    """Decoded item events (with the records they came from): apply them on the items thread, or
-    stage them. The items reader process (``streams.items_reader``) decodes in the child and
-    enters here, with the content already ``encoded``; a failing engine call dead-letters the
-    valid records (``apply_batch``)."""
+    """Items: decode a batch, then apply it on the items thread (or stage it); a failing engine
+    call dead-letters the valid records (``apply_batch``)."""
     s = runtime.settings
+    valid, sources = await _validate(runtime, records, decode_item, off_loop=True)
     if not valid or await _staged(runtime, engine, "items", valid, sources):
         return
     t0 = time.perf_counter()
-    res = await apply_batch(runtime, records, sources, engine.apply_items, valid, sources, encoded,
+    res = await apply_batch(runtime, records, sources, engine.apply_items, valid, sources,
                             on=runtime.run_items)
     if res is FAILED:
         return
@@ -141,7 +132,7 @@ def _next_offsets(events: Any) -> dict[str, tuple[int, int | None]]:
 
 def register_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any]) -> None:
     """The agents; the interactions and items ones only with ``interactions_consumer="faust"``
-    / ``items_consumer="faust"`` (else ``streams.batch_consumer`` or ``streams.items_reader`` reads them)."""
+    / ``items_consumer="faust"`` (else ``streams.batch_consumer`` reads them)."""
     s = runtime.settings
     if s.interactions_consumer == "faust":
         _register_interactions_agent(app, runtime, topics)

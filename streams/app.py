@@ -19,21 +19,18 @@ from faust.tables import TableManager
 from streams import metrics
 from streams.agents import drain_when_idle, register_agents
 from streams.kafka_auth import aiokafka_kwargs, faust_credentials
-from streams.http_server import HttpServer, deliver_on
 from streams.batch_consumer import BatchConsumer, InteractionsConsumer, ItemsConsumer, group_id
 from streams.faust_offsets import watch_faust_assignments
-from streams.items_reader import ItemsReaderProcess
 from streams.lag import watch_lag
 from streams.membership import current_member_id, rejoin_as_previous_member, watch_member
 from streams.runtime import WorkerRuntime
 from streams.unreadable import is_decoding_error, report_faust_unreadable
 from streams.shutdown import BoundedStopApp, BoundedStopWorker, StopState, bounded
-from streams.views import build_web_app
+from streams.views import WebServer, build_web_app, deliver_to
 from towerstream.events.deadletter import MAX_RECORD_BYTES
 from towerstream.broker import port_open
 from towerstream.lifecycle import exit_after
 from towerstream.logs import configure_logging, install_repeat_filter, undo_spinner_debug_level
-from towerstream.query_priority import pause_loop_for_queries, serving_loop_counts_as_query
 from towerstream.settings import Settings, get_settings
 
 log = structlog.get_logger(__name__)
@@ -134,7 +131,7 @@ def create_app(settings: Settings) -> faust.App:
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
         autodiscover=False,
-        # The HTTP API is served from a thread of its own (streams.http_server), not Faust's loop.
+        # The HTTP API is our aiohttp app on Faust's loop (streams.views.WebServer), not Faust's web.
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
@@ -178,25 +175,19 @@ def create_app(settings: Settings) -> faust.App:
 
     register_agents(app, runtime, topics)
     watch_faust_assignments(app, runtime)
-    # Children of the app: they start (and join their groups) alongside Faust's consumer.
-    batch_consumers: list[BatchConsumer] = [
+    # Children of the app, started in this order before Faust's own consumer: the HTTP API first
+    # (/healthz answers "starting" while the engine loads and the groups join), then the readers,
+    # whose group joins overlap Faust's.
+    http = app.add_dependency(WebServer(build_web_app(runtime, deliver_to(topics)), settings.web_host,
+                                        settings.web_port))
+    app.towerstream_http = http  # type: ignore[attr-defined]
+    readers: list[BatchConsumer] = [
         app.add_dependency(cls(app, runtime, topics[cls.name]))
         for cls, how in ((InteractionsConsumer, settings.interactions_consumer), (ItemsConsumer, settings.items_consumer))
         if how == "batch"
     ]
-    # The items reader process joins its group (and rejoins as its predecessor) itself.
-    readers: list[BatchConsumer | ItemsReaderProcess] = list(batch_consumers)
-    if settings.items_consumer == "process":
-        readers.append(app.add_dependency(ItemsReaderProcess(runtime, topics["items"])))
-    if settings.items_consumer in ("process", "batch"):  # not ready before the catalog is read
+    if settings.items_consumer == "batch":  # not ready before the catalog is read
         runtime.catching_up.add("items")
-    def serving_first(loop: asyncio.AbstractEventLoop) -> None:
-        if settings.query_priority_wait_ms > 0 and not serving_loop_counts_as_query(loop, runtime.priority):
-            log.warning("query_priority_not_on_http_loop", reason="the event loop has no selector to wrap")
-
-    http = HttpServer(build_web_app(runtime, deliver_on(lambda: app.loop, topics)), settings.web_host,
-                      settings.web_port, prepare_loop=serving_first)
-    app.towerstream_http = http  # type: ignore[attr-defined]
     try:
         from streams.drift_task import register_drift
     except ModuleNotFoundError as exc:  # drift monitoring is optional until its module exists
@@ -213,17 +204,14 @@ def create_app(settings: Settings) -> faust.App:
         if runtime.opening:
             return  # Faust sends this signal twice
         runtime.begin_open()
-        http.start()  # /healthz answers "starting" while the engine loads and the groups join
         rejoin_as_previous_member(settings)  # a SIGKILLed predecessor must not hold up the group join
         watch_member(lambda: current_member_id(app), settings)
-        for consumer in batch_consumers:  # their own groups: same for them (they record their ids themselves)
+        for consumer in readers:  # their own groups: same for them (they record their ids themselves)
             rejoin_as_previous_member(settings, group_id(settings, consumer.name))
 
     @app.task
     async def open_engine() -> None:
         undo_spinner_debug_level(settings.log_level)  # Faust's logging is set up by now
-        if settings.query_priority_wait_ms > 0 and not pause_loop_for_queries(asyncio.get_running_loop(), runtime.priority):
-            log.warning("query_priority_not_on_faust_loop", reason="the event loop has no selector to wrap")
         await runtime.open()
 
     if settings.ordering == "event_time":
@@ -301,14 +289,14 @@ def create_app(settings: Settings) -> faust.App:
         await stop_state.finish_once()
 
     async def final_checkpoint() -> None:
-        async def close_reader(consumer: BatchConsumer | ItemsReaderProcess) -> None:
+        async def close_reader(consumer: BatchConsumer) -> None:
             # aiokafka's consumer stop lets a CancelledError of its own fetch tasks out when the
             # broker is gone: it must not cut the final checkpoint short.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await consumer.close()
 
         # Each one's batch in flight made durable, offsets committed, group left; the broker
-        # parts are given up after stop_broker_wait_s (the items reader bounds its child's stop).
+        # parts are given up after stop_broker_wait_s.
         await bounded(asyncio.gather(*(close_reader(c) for c in readers)), settings.stop_broker_wait_s + 3.0,
                       "readers_close")
         t0, opened = time.perf_counter(), runtime.engine is not None
@@ -329,7 +317,7 @@ def create_app(settings: Settings) -> faust.App:
                     return 0 if stop_state.final_checkpoint else 1
 
                 exit_after(settings.stop_broker_wait_s, gave_up)
-        await asyncio.get_running_loop().run_in_executor(None, http.stop)
+        await bounded(http.close(), 10.0, "http_close")
 
     stop_state.finish = final_checkpoint
     return app

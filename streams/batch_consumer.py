@@ -72,7 +72,7 @@ from streams.membership import watch_member
 from streams.unreadable import UnreadableBatch, find_unreadable, is_decoding_error
 from towerstream.settings import Settings
 
-if TYPE_CHECKING:  # the engine side, imported where used: the items reader's child process has no torch
+if TYPE_CHECKING:  # the engine side, imported where used: reading and decoding need no torch
     from streams.runtime import WorkerRuntime
     from streams.training_queue import TrainingQueue
 
@@ -153,11 +153,6 @@ class BatchConsumer(Service):  # type: ignore[misc]
 
     async def on_stop(self) -> None:
         await self.close()
-
-    def begin(self) -> asyncio.Future[None]:
-        """Start reading without a Faust app around it (the items reader's child process)."""
-        self._task = asyncio.ensure_future(self._run())
-        return self._task
 
     # ----- consuming --------------------------------------------------------------------------
     def _fetch_min_bytes(self) -> int:
@@ -530,7 +525,7 @@ class BatchConsumer(Service):  # type: ignore[misc]
                   offset=bad.offset, last_offset=bad.last_offset, reason=bad.reason)
 
     def _unreadable_found(self, topic: str, action: str) -> None:
-        """Count an unreadable batch (the items reader's child hands the count to the worker)."""
+        """Count an unreadable batch."""
         metrics.UNREADABLE_BATCHES.labels(topic, action).inc()
 
     def _remind_stalled(self) -> None:

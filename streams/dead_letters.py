@@ -1,7 +1,7 @@
 """A refused record -> its dead letter (the original bytes, where they came from, why).
 
-Shared by the worker (``WorkerRuntime.dead_letter``, sent with Faust's producer) and the items
-reader's child process (``streams.items_reader_child``, sent with its own producer).
+Shared by the worker (``WorkerRuntime.dead_letter``, sent with Faust's producer) and a serving
+replica (``streams.serve``, sent with its own producer).
 """
 
 from __future__ import annotations

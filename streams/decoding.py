@@ -1,5 +1,5 @@
-"""Raw records -> events, or why not: one loop shared by every reader (in the worker and in the
-items reader's child process, which must not import the engine)."""
+"""Raw records -> events, or why not: one loop shared by every reader (kept apart from the engine,
+which a reader's decoding never needs)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from towerstream.events import InvalidEvent
-from towerstream.query_priority import pausing
 
 
-def decode_all(messages: list[Any], decode: Callable[[bytes], Any],
-               pause: Callable[[], None] | None = None) -> list[Any]:
-    """Each record's event, or ``(reason, kind)`` where it does not validate. ``pause`` is called
-    every 32 records (queries first: ``towerstream.query_priority``)."""
+def decode_all(messages: list[Any], decode: Callable[[bytes], Any]) -> list[Any]:
+    """Each record's event, or ``(reason, kind)`` where it does not validate."""
     out: list[Any] = []
-    for msg in messages if pause is None else pausing(messages, pause, 32):
+    for msg in messages:
         try:
             out.append(decode(msg.value))
         except InvalidEvent as exc:

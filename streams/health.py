@@ -6,7 +6,7 @@ the log). Each reports here under a key of its own; ``/healthz`` shows them all 
 while any *condition* holds. *Notices* are things an operator must see but that do not stop
 the worker from answering (a log reset it recovered from): they stay listed for a while.
 
-Thread-safe: readers report from their threads and the items reader's link thread.
+Thread-safe: readers report from Faust's loop and from the threads they apply batches on.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from towerstream.settings import Settings
 
-if TYPE_CHECKING:  # faust is imported where it is used: the items reader's child process has no Faust
+if TYPE_CHECKING:  # faust is imported where it is used: a serving replica (streams.serve) runs without it
     import faust
 
 

@@ -1,7 +1,7 @@
 """How far behind each partition this worker reads is, and whether it is still moving.
 
-Why in the worker, apart from the readers: a reader that is stuck (a paused or wedged items
-reader process, a training queue that no longer drains) cannot be trusted to report that it
+Why in the worker, apart from the readers: a reader that is stuck (a wedged reader, a
+partition stopped at an unreadable batch, a training queue that no longer drains) cannot be trusted to report that it
 is stuck. The readers report where they are (the next offset whose predecessors are done:
 durable, dead-lettered or dropped as duplicates) and the high watermark their fetches saw;
 this monitor asks the broker for the end offsets itself every ``LAG_EVERY_S``, so a
@@ -65,7 +65,8 @@ class _Partition:
 class LagMonitor:
     """Per-partition positions reported by the readers, end offsets, lag gauges and stall conditions.
 
-    Thread-safe: the readers report on Faust's loop, ``/healthz`` reads on the HTTP thread.
+    Thread-safe (one lock around every read and write), whichever thread a reader or ``/healthz``
+    runs on.
     """
 
     def __init__(self, health: Health, stall_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:

@@ -34,33 +34,10 @@ RECOMMEND_SECONDS = Histogram(
     "towerstream_recommend_seconds", "Time to answer one recommendation request", ["source"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
-ITEMS_READER_RESTARTS = Counter(
-    "towerstream_items_reader_restarts_total", "Times the items reader's child process exited and was started again"
-)
-SERVED_OFF_LOOP = Counter(
-    "towerstream_served_off_loop_total", "Queries answered on a serving thread because a lock was held (see serve_inline_wait_ms)"
-)
 CHECKPOINT_SECONDS = Gauge("towerstream_checkpoint_seconds", "Duration of the last checkpoint")
 CHECKPOINT_PAUSE_SECONDS = Gauge("towerstream_checkpoint_pause_seconds",
                                  "Training-thread time the last checkpoint took (its state copy)")
 HTTP_REJECTED = Counter("towerstream_http_rejected_total", "HTTP requests answered 4xx", ["path", "status"])
-HTTP_FAST = Counter(
-    "towerstream_http_fast_total",
-    "GET /recommend requests answered below aiohttp (served), and connections handed to aiohttp (handed_over)",
-    ["outcome"],
-)
-QUERY_PRIORITY_PAUSES = Counter(
-    "towerstream_query_priority_pauses_total",
-    "Times Faust's loop or the items thread waited for running queries (see query_priority_wait_ms)",
-    ["outcome"],  # "done": the queries ended; "timeout": the wait hit its bound and work went on
-)
-
-
-def note_pause(timed_out: bool) -> None:
-    """``QueryPriority``'s callback: one wait for running queries, and how it ended."""
-    QUERY_PRIORITY_PAUSES.labels("timeout" if timed_out else "done").inc()
-
-
 UNREADABLE_BATCHES = Counter(
     "towerstream_unreadable_batches_total",
     "Record batches a reader could not decode (bad CRC, unknown codec), by what it did: stalled, skipped",

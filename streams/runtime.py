@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import time
 from collections.abc import Callable
@@ -18,10 +19,8 @@ from streams.health import Health
 from streams.lag import LagMonitor
 from streams.log_bounds import LogReset
 from towers import TowerConfig
-from index_store import WouldBlock
 from towerstream.engine import Engine, EngineConfig
 from towerstream.heap import trim_heap
-from towerstream.query_priority import QueryPriority
 from towerstream.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -36,12 +35,14 @@ def engine_config(settings: Settings) -> EngineConfig:
 
 
 class WorkerRuntime:
-    """Owns the Engine. All engine mutations run on one thread (in order); reads on a small pool."""
+    """Owns the Engine. All engine mutations run on one thread (in order); queries on a small pool."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine: Engine | None = None
         self.train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+        #: Queries (``serve``): a lock held by a train step, an index save or a re-fit blocks a
+        #: serving thread, never the event loop that reads the topics and answers /healthz.
         self.serve_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="serve")
         #: Durable halves of interaction batches (``Engine.commit_interactions``), apart from training.
         self.commit_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
@@ -58,7 +59,7 @@ class WorkerRuntime:
         #: Degraded conditions and notices shown on /healthz (``streams.health``).
         self.health = Health()
         #: Readers that must catch up with their topic before the worker is ready (``app`` adds
-        #: "items" when a batch reader or the reader process reads it): ready means the catalog
+        #: "items" when the batch reader reads it): ready means the catalog
         #: on the topic when the worker started is indexed, not only that the engine is open.
         self.catching_up: set[str] = set()
         #: Per-partition lag of every reader, and stalled partitions (``streams.lag``).
@@ -82,10 +83,6 @@ class WorkerRuntime:
         self.publisher: Any = None
         #: Where the state lives and what opening it found (``/healthz`` "state"; printed by the CLI).
         self.state: dict[str, Any] = {"data_dir": str(Path(settings.data_dir).resolve())}
-        #: Queries first: Faust's loop and the items thread wait (a bounded while) when one runs.
-        self.priority = QueryPriority(settings.query_priority_wait_ms / 1000, on_pause=metrics.note_pause,
-                                      linger_s=settings.query_priority_linger_ms / 1000,
-                                      free_s=settings.query_priority_free_ms / 1000)
 
     @property
     def ready_event(self) -> asyncio.Event:
@@ -104,7 +101,7 @@ class WorkerRuntime:
 
     def caught_up(self, reader: str) -> None:
         """``reader`` has applied its topic up to where it ended when the reader joined its group."""
-        if reader in self.catching_up:  # replaced whole: /healthz reads it on the HTTP thread
+        if reader in self.catching_up:  # replaced whole: /healthz may read it meanwhile
             self.catching_up = self.catching_up - {reader}
             log.info("reader_caught_up", reader=reader, still_catching_up=sorted(self.catching_up))
         metrics.READY.set(1 if self.serving_ready else 0)
@@ -130,7 +127,6 @@ class WorkerRuntime:
     def _open_blocking(self) -> Engine:
         self.state["found_state"] = self.settings.has_state()
         engine = Engine(self.settings.engine_dir, engine_config(self.settings))
-        engine.pause = self.priority.pause
         self.engine = engine
         engine.restore()
         return engine
@@ -190,45 +186,26 @@ class WorkerRuntime:
 
     async def run_items(self, fn: Callable[..., T], *args: Any) -> T:
         """Apply item events off the event loop and apart from training (ordered among item batches)."""
-        return await self._on(self.items_pool, fn, *args, pause=self.priority.pause)
+        return await self._on(self.items_pool, fn, *args)
 
     async def run_commit(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a durable commit off the event loop and apart from training (ordered among commits)."""
         return await self._on(self.commit_pool, fn, *args)
 
     @staticmethod
-    async def _on(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any,
-                  pause: Callable[[], None] | None = None) -> T:
-        def call() -> T:
-            if pause is not None:
-                pause()
-            return fn(*args)
-
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
+    async def _on(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def serve(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """Answer a query on the caller's event loop (the HTTP thread's, or Faust's for Kafka
-        request/reply) when no lock is in the way, else on a serving thread.
+        """Answer a query (HTTP or Kafka request/reply) on a serving thread.
 
-        ``fn`` takes ``wait_s``. A query is ~1 ms of mostly GIL-holding work; handing it to a
-        thread adds two wake-ups, each of which can wait a scheduler slice on a busy 2-core
-        machine (measured on Faust's loop, 100k items, 1,000 upserts/s: p99 15-40 ms on the pool,
-        8 ms inline). A lock held by a train step, a re-train or a save must not stall the loop,
-        so inline calls give up after ``serve_inline_wait_ms`` and go to the pool.
+        Why not on the event loop: a query may wait for a lock (a train step growing the user
+        tables, an index save or IVF re-fit), and Faust's loop, which also serves HTTP, must not
+        stop for it. The hand-over costs a query two thread wake-ups; in this one process it also
+        shares the GIL and the cores with ingestion and training. Serving replicas
+        (``towerstream serve``) are the answer where query latency under ingestion matters.
         """
-        wait = self.settings.serve_inline_wait_ms
-        if wait >= 0:
-            try:
-                with self.priority.query():
-                    return fn(*args, wait_s=wait / 1000, **kw)
-            except WouldBlock:
-                metrics.SERVED_OFF_LOOP.inc()
-
-        def call() -> T:
-            with self.priority.query():
-                return fn(*args, **kw)
-
-        return await asyncio.get_running_loop().run_in_executor(self.serve_pool, call)
+        return await asyncio.get_running_loop().run_in_executor(self.serve_pool, functools.partial(fn, *args, **kw))
 
     async def dead_letter(self, message: Any, reason: str, kind: str, event_id: str | None = None) -> None:
         """Send the original bytes with where they came from and why; never raises on bad input.

@@ -2,10 +2,10 @@
 
 Every bad request gets a 4xx with a message (never a 500): bodies are size-bounded,
 validated with the same event schemas as the agents, and ``k`` is bounded. The views form a
-plain aiohttp application (``build_web_app``); the worker serves it from a thread and event
-loop of its own (``streams.http_server``), apart from Faust's, so a query never waits behind
-the agents' per-event work. Intake hands its records to ``deliver``, which the worker runs on
-Faust's loop (its producer lives there).
+plain aiohttp application (``build_web_app``) that the worker serves on Faust's event loop
+(``WebServer``, a child service of the app); queries themselves run on a serving thread
+(``WorkerRuntime.serve``). Intake hands its records to ``deliver`` (``deliver_to``: Faust's
+producer, on the same loop).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import structlog
 from aiohttp import web
+from mode import Service
 from multidict import MultiMapping
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from streams import metrics
-from streams.fast_get import FAST_GET, Declined
 from streams.http_api import HttpError, check_auth_header as _check_auth_header, errors_as_json as _errors_as_json
 from streams.http_api import errors_text as _errors, get_request as _get_request, guarded as _guarded
 from streams.http_api import json_response as _json, post_request as _post_request
@@ -29,6 +30,8 @@ from streams.http_api import read_body as _read_body
 from streams.runtime import WorkerRuntime
 from towerstream.events import Interaction, ItemEvent, RecommendResponse, UserProfile, encode
 from towerstream.events.recommend import RecommendRequest
+
+log = structlog.get_logger(__name__)
 
 MAX_EVENTS_PER_REQUEST = 10_000
 #: What ``/recommend`` answers (404) in role ``train``: serving replicas answer.
@@ -89,14 +92,6 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
     async def recommend_get(request: Request) -> Response:
         check_auth(request, write=False)
         return await answer(get_request(request.match_info["user_id"], request.query))
-
-    async def recommend_fast(user_id: str, query: MultiMapping[str], authorization: str | None) -> bytes:
-        """The same request below aiohttp (``streams.fast_get``); any 4xx is left to the route above."""
-        try:
-            check_auth_header(authorization, write=False)
-            return await answer_body(get_request(user_id, query))
-        except HttpError:
-            raise Declined from None
 
     async def recommend_post(request: Request) -> Response:
         check_auth(request, write=False)
@@ -179,5 +174,47 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
                              ("POST", "/users", post_users), ("GET", "/healthz", healthz),
                              ("GET", "/metrics", metrics_page)):
         app.router.add_route(method, path, guarded(path, fn))
-    app[FAST_GET] = recommend_fast
     return app
+
+
+def deliver_to(topics: dict[str, Any]) -> Deliver:
+    """``Deliver`` for the worker: Faust's producer sends the records; returns once Kafka has them all."""
+
+    async def deliver(topic_name: str, records: Sequence[tuple[bytes, bytes, float]]) -> None:
+        topic = topics[topic_name]
+        futs = [await topic.send(key=key, value=value, timestamp=ts) for key, value, ts in records]
+        await asyncio.gather(*futs)
+
+    return deliver
+
+
+class WebServer(Service):  # type: ignore[misc]
+    """Serves an aiohttp application on ``host:port`` from the loop it starts on; a child service of the app.
+
+    It starts with the app, before the consumers have joined their groups, so ``/healthz``
+    answers "starting" while the engine loads; a port that cannot be bound fails the start. It
+    is closed by the worker's final step (``close``), after the final checkpoint, so probes see
+    the whole stop.
+    """
+
+    def __init__(self, app: web.Application, host: str, port: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app, self.host, self.port = app, host, port
+        self._runner: web.AppRunner | None = None
+
+    async def on_start(self) -> None:
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info("http_serving", host=self.host, port=self.port)
+
+    async def close(self) -> None:
+        """Stop accepting, finish the requests in flight (up to aiohttp's grace); idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()

@@ -69,8 +69,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]
 
     A test that relies on a graceful stop (final checkpoint, offsets committed, group left) calls
     ``stop()`` and asserts on it; one left running at the end has nothing more to show, and a
-    graceful stop of each (~3 s) was a good part of the suite's time. The items reader process
-    dies with its worker (``PR_SET_PDEATHSIG``), and each test has groups of its own.
+    graceful stop of each (~3 s) was a good part of the suite's time. Each test has groups of
+    its own.
     """
     started: list[WorkerProcess] = []
 

@@ -85,9 +85,8 @@ class EncodedItems(NamedTuple):
 class ItemEncoding:
     """How content becomes table rows: what ``encode_item`` needs, and nothing of PyTorch.
 
-    Why a value of its own: the items reader process encodes upserts before it hands them to
-    the worker (~25 us of pure Python per item, off the worker's GIL); the worker sends it the
-    encoding its towers use.
+    Why a value of its own: the five sizes that decide the rows travel together, so that a batch
+    of items is encoded with exactly the buckets and slots of the towers that read it.
     """
 
     text_buckets: int

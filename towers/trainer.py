@@ -28,7 +28,7 @@ from torch import nn
 
 from towers import numpy_towers
 from towers.config import TowerConfig
-from towers.features import EncodedItems, ItemContentLike, ItemEncoding, encode_features
+from towers.features import ItemContentLike, ItemEncoding, encode_features
 from towers.model import DynamicEmbedding, TwoTowerModel
 
 
@@ -195,21 +195,12 @@ class TwoTowerTrainer:
                 self.user_hist_n = _grow(self.user_hist_n, new_cap, 0)
 
     # ----- content -------------------------------------------------------------------
-    def set_items(self, rows: np.ndarray, contents: Sequence[ItemContentLike],
-                  encoded: EncodedItems | None = None) -> None:
-        """Encode content for these item rows and mark them live (candidates for negatives).
-
-        ``encoded``: the same content already encoded with ``ItemEncoding.of(self.cfg)`` (the
-        items reader process does it), one row per item.
-        """
+    def set_items(self, rows: np.ndarray, contents: Sequence[ItemContentLike]) -> None:
+        """Encode content for these item rows and mark them live (candidates for negatives)."""
         if len(rows) == 0:
             return
         self.ensure_items(int(rows.max()))
-        if encoded is None:
-            encoded = ItemEncoding.of(self.cfg).encode(contents)
-        elif len(encoded.tokens) != len(rows) or encoded.tokens.shape[1] != self.cfg.max_tokens \
-                or encoded.cats.shape[1] != self.cfg.max_cats or encoded.nums.shape[1] != self.cfg.num_slots:
-            raise ValueError(f"encoded items do not match {len(rows)} rows of this config")
+        encoded = ItemEncoding.of(self.cfg).encode(contents)
         self.item_tokens[rows], self.item_cats[rows] = encoded.tokens, encoded.cats
         self.item_creator[rows], self.item_nums[rows] = encoded.creator, encoded.nums
         self.item_live[rows] = True

@@ -28,13 +28,12 @@ import torch
 from pydantic_core import to_json
 
 from index_store import (
-    CheckpointError, ItemAttributes, MetaStore, UnknownId, VectorIndex, WouldBlock, load_latest_checkpoint, save_checkpoint,
+    CheckpointError, ItemAttributes, MetaStore, UnknownId, VectorIndex, load_latest_checkpoint, save_checkpoint,
 )
-from towers import EncodedItems, TowerConfig, TwoTowerTrainer
+from towers import TowerConfig, TwoTowerTrainer
 from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
 from towerstream.events.base import epoch_ms
 from towerstream.events.codec import item_from_dict
-from towerstream.query_priority import pausing
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +63,6 @@ class EngineConfig:
     #: A query whose ``include_categories`` hold at most this many items scores those items directly
     #: (exact); above it, the index is searched and the results filtered (widening if too few pass).
     include_scan_max: int = 20_000
-    #: Above this many rows a direct category scan is not run on the caller's event loop.
-    include_scan_inline_max: int = 4_000
     #: Show interactions to serving (history, seen items, so the user vector) as soon as they are
     #: durable, not after their train step: what a user did is reflected within the commit, however
     #: far behind training is. Off: visible after the step (the behaviour before this option).
@@ -138,15 +135,6 @@ class Committed:
 _STAGE_RANK = {"items": 0, "users": 1, "interactions": 2}
 
 
-#: Item batches call ``Engine.pause`` every this many events (and between their stages): a query
-#: that starts meanwhile then waits at most that much item work (~16 x 10-20 us) for the GIL.
-PAUSE_EVERY = 16
-
-
-def _no_pause() -> None:
-    pass
-
-
 def _seq_key(seq: int) -> str:
     return f"j:{seq:016d}"
 
@@ -207,9 +195,6 @@ class Engine:
         self.commit_lock = threading.RLock()
         #: One checkpoint written at a time (snapshots are written off the training thread).
         self._write_lock = threading.Lock()
-        #: Called between the steps of an item batch, where no lock a query takes is held: the
-        #: worker makes it wait while queries run (``towerstream.query_priority``).
-        self.pause: Callable[[], None] = _no_pause
         #: Journal sequences of committed interaction batches not trained yet: a checkpoint covers
         #: the journal only up to just before the oldest of them.
         self._untrained: set[int] = set()
@@ -286,9 +271,7 @@ class Engine:
                 self.seq = seq
                 continue
             if entry["t"] == "items":
-                self._apply_items_now(
-                    [item_from_dict(e) for e in entry["e"]]
-                )
+                self._apply_items_now([item_from_dict(e) for e in entry["e"]])
             elif entry["t"] == "users":
                 self._apply_users_now([UserProfile.model_validate(e) for e in entry["e"]])
             else:
@@ -488,25 +471,17 @@ class Engine:
     # ----- items -----------------------------------------------------------------------
     def apply_items(
         self, events: Sequence[ItemUpsert | ItemDelete], sources: Sequence[SourcePos | None] | None = None,
-        encoded: EncodedItems | None = None,
     ) -> ItemsResult:
-        """Upsert/delete items: durable first, then embedded from content and upserted at once.
-
-        ``encoded``: the events' content already encoded (``ItemEncoding.of(trainer.cfg)``, one
-        row per event; the items reader process does it off this process's GIL).
-        """
-        if encoded is not None and len(encoded.tokens) != len(events):
-            raise ValueError(f"{len(encoded.tokens)} encoded rows for {len(events)} item events")
+        """Upsert/delete items: durable first, then embedded from content and upserted at once."""
         res = ItemsResult()
         fresh: list[ItemUpsert | ItemDelete] = []
         fresh_src: list[SourcePos | None] = []
-        fresh_at: list[int] = []
         newest: dict[str, int] = {}
         taken: set[str] = set()  # event keys taken in this batch: a repeat in the same batch is a duplicate too
         batch = self.store.batch()
         keys = [self._item_event_key(ev) for ev in events]
         known = self.store.get_many(keys)  # one MultiGet: single misses cost up to 0.6 ms each
-        for n, ev in pausing(enumerate(events), self.pause, PAUSE_EVERY):
+        for n, ev in enumerate(events):
             key = keys[n]
             if known[n] is not None or key in taken:
                 res.duplicates.append(ev.item_id)
@@ -524,12 +499,11 @@ class Engine:
             taken.add(key)
             self.store.put_bytes(key, b"", batch=batch)
             fresh.append(ev)
-            fresh_at.append(n)
             fresh_src.append(sources[n] if sources else None)
         if not fresh:
             return res
         # Before the lock: interaction commits wait for it.
-        for ev, src in pausing(zip(fresh, fresh_src), self.pause, PAUSE_EVERY):
+        for ev, src in zip(fresh, fresh_src):
             record = {"deleted": isinstance(ev, ItemDelete), "ts": epoch_ms(ev.ts),
                       "event": ev, "model_version": self.model_version,
                       "source": [src.topic, src.partition, src.offset] if src else None}
@@ -538,10 +512,8 @@ class Engine:
         with self.commit_lock:
             self.items.get_or_create([e.item_id for e in fresh], batch=batch)
             self._journal(batch, "items", fresh, fresh_src)
-            self.pause()
             self.store.write(batch)
-        self.pause()
-        res.upserted, res.deleted = self._apply_items_now(fresh, encoded.take(fresh_at) if encoded else None)
+        res.upserted, res.deleted = self._apply_items_now(fresh)
         if self.on_items_applied is not None:
             self.on_items_applied(list(dict.fromkeys(ev.item_id for ev in fresh)))
         return res
@@ -549,9 +521,7 @@ class Engine:
     def _is_live(self, row: int) -> bool:
         return row < len(self.live) and bool(self.live[row])
 
-    def _apply_items_now(
-        self, events: Sequence[ItemUpsert | ItemDelete], encoded: EncodedItems | None = None
-    ) -> tuple[int, int]:
+    def _apply_items_now(self, events: Sequence[ItemUpsert | ItemDelete]) -> tuple[int, int]:
         # Collapse to the last event per item: only the final state reaches the index.
         last_at: dict[str, int] = {}
         for n, ev in enumerate(events):
@@ -559,36 +529,26 @@ class Engine:
         if not last_at:
             return 0, 0
         last = {item_id: events[n] for item_id, n in last_at.items()}
-        ups_encoded = None if encoded is None else encoded.take(
-            [n for n in last_at.values() if isinstance(events[n], ItemUpsert)])
         row_of = dict(zip(last, self.items.get_or_create(list(last)).tolist()))
         top = max(row_of.values())
         # Growing arrays replaces them, which must not race a train step's use of them.
         grows = top >= len(self.live) or top >= self.trainer.item_capacity()
         with self.lock if grows else contextlib.nullcontext(), self.items_lock:
-            # Queries never take the items lock, but one may need the engine lock: no waits under it.
-            return self._apply_items_locked(last, row_of, _no_pause if grows else self.pause, ups_encoded)
+            return self._apply_items_locked(last, row_of)
 
     def _apply_items_locked(
-        self, last: Mapping[str, ItemUpsert | ItemDelete], row_of: Mapping[str, int], pause: Callable[[], None],
-        ups_encoded: EncodedItems | None = None,
+        self, last: Mapping[str, ItemUpsert | ItemDelete], row_of: Mapping[str, int]
     ) -> tuple[int, int]:
         ups = [e for e in last.values() if isinstance(e, ItemUpsert)]
         dels = [e for e in last.values() if isinstance(e, ItemDelete)]
         if ups:
             rows = np.array([row_of[e.item_id] for e in ups], dtype=np.int64)
             self._ensure_rows(int(rows.max()))
-            for at in range(0, len(ups), PAUSE_EVERY):
-                if at:
-                    pause()
-                part = slice(at, at + PAUSE_EVERY)
-                self.trainer.set_items(rows[part], ups[part], ups_encoded.take(part) if ups_encoded is not None else None)
-            pause()
+            self.trainer.set_items(rows, ups)
             vectors = self.trainer.embed_items(rows)
-            pause()
             self._upsert_vectors(rows, vectors)
             self.live[rows] = True
-            for r, e in pausing(zip(rows.tolist(), ups), pause, PAUSE_EVERY):
+            for r, e in zip(rows.tolist(), ups):
                 self.item_ts[r] = epoch_ms(e.ts)
                 self.attributes.set(r, e.categories, e.creator)
         if dels:
@@ -909,12 +869,10 @@ class Engine:
                                       filters.exclude_creators)
 
     def _scan_included(
-        self, uvec: np.ndarray, filters: Filters, k: int, exclude: set[int], wait_s: float | None
+        self, uvec: np.ndarray, filters: Filters, k: int, exclude: set[int]
     ) -> list[tuple[int, float]]:
         """Score the rows of ``include_categories`` directly: exact top-k among them, filters applied."""
         rows = self.attributes.rows_in(filters.include_categories)
-        if wait_s is not None and len(rows) > self.config.include_scan_inline_max:
-            raise WouldBlock("a large category: scored on a serving thread")
         if exclude:
             rows = rows[~np.isin(rows, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))]
         vecs = np.zeros((0, uvec.shape[0]), dtype=np.float32)
@@ -922,7 +880,7 @@ class Engine:
             if not len(rows):
                 return []
             try:
-                vecs = self.index.get(rows, wait_s=wait_s)
+                vecs = self.index.get(rows)
                 break
             except UnknownId as exc:
                 rows = rows[~np.isin(rows, np.asarray(exc.ids, dtype=np.int64))]
@@ -947,14 +905,8 @@ class Engine:
         exclude_seen: bool = True,
         filters: Filters | None = None,
         contexts: Sequence[Mapping[str, Any]] | None = None,
-        wait_s: float | None = None,
     ) -> list[Recommendations]:
-        """Top-k per user: user tower -> index search -> seen/business filters; popularity if no model answer.
-
-        ``wait_s``: raise ``WouldBlock`` rather than wait longer than that for a lock, or widen a
-        filtered search (the worker answers on its event loop when the query is quick, on a
-        serving thread otherwise).
-        """
+        """Top-k per user: user tower -> index search -> seen/business filters; popularity if no model answer."""
         excluded_ids = set(filters.exclude_items) if filters else set()
         excl_rows = {r for r in (self.items.get(x) for x in excluded_ids) if r is not None}
         rows: list[int | None] = []
@@ -976,22 +928,21 @@ class Engine:
             if int(urows.max()) < self.trainer.user_capacity():
                 # Not under the engine lock: a train step holds it for 100-400 ms. The forward reads
                 # weights the optimizer may be updating in place (a query can mix two steps'
-                # weights); tables grow by replacement, never in place, so reads stay valid.
+                # weights); tables grow by replacement, never in place, so reads stay valid. A
+                # copy of the weights per step would end the mixing but the id tables are most of
+                # them (tens of MB at 100k items and users), copied as long as a step takes; a
+                # serving replica answers from one published version instead.
                 uvec = self.trainer.embed_users(urows, ctx)
             else:
                 # A user created since the last train step: the tables must grow.
-                if not self.lock.acquire(timeout=-1 if wait_s is None else wait_s):
-                    raise WouldBlock("engine busy (a train step holds the tables)")
-                try:
+                with self.lock:
                     uvec = self.trainer.embed_users(urows, ctx)
-                finally:
-                    self.lock.release()
             has_filters = filters is not None and bool(
                 filters.include_categories or filters.exclude_categories or filters.exclude_creators)
             if (filters is not None and filters.include_categories
                     and self.attributes.count(filters.include_categories) <= self.config.include_scan_max):
                 for j in range(len(model_idx)):
-                    picked = self._scan_included(uvec[j], filters, k, exclude[model_idx[j]], wait_s)
+                    picked = self._scan_included(uvec[j], filters, k, exclude[model_idx[j]])
                     out[model_idx[j]] = Recommendations(
                         list(zip(self.items.external([p for p, _ in picked]), [sc for _, sc in picked])), "model")
             else:
@@ -999,8 +950,7 @@ class Engine:
                 # filter that removes a user's whole neighbourhood still gets k results.
                 allow = self.attributes.allowed(filters.include_categories, filters.exclude_categories,
                                                 filters.exclude_creators) if has_filters and filters else None
-                D, I = self.index.search(uvec, k, exclude=[exclude[n] for n in model_idx], allow=allow,
-                                         wait_s=wait_s)
+                D, I = self.index.search(uvec, k, exclude=[exclude[n] for n in model_idx], allow=allow)
                 for j, n in enumerate(model_idx):
                     picked: list[tuple[int, float]] = []  # plain ints and floats: 2x faster
                     for r, sc in zip(I[j].tolist(), D[j].tolist()):

@@ -3,7 +3,7 @@
 Why: supervisors (systemd, supervisord, Kubernetes) stop a process with SIGTERM and, after a
 grace period (30 s by default on Kubernetes), SIGKILL. A command that handles only SIGINT dies
 on SIGTERM without stopping what it started, and a SIGKILLed one never gets to: its worker,
-the worker's items reader and the embedded broker would run on without a parent. So:
+the worker and the embedded broker would run on without a parent. So:
 
 - every child we start asks the kernel to signal it when we die (Linux ``PR_SET_PDEATHSIG``);
   the request is made in the child and fires when the *thread* that started it exits, so

@@ -53,15 +53,11 @@ class Settings(BaseSettings):
     #: (streams/batch_consumer.py). "faust": a Faust agent in Faust's group, as before; its
     #: per-event Message/Event/ack machinery costs ~200-400 us of Python per event.
     interactions_consumer: Literal["batch", "faust"] = "batch"
-    #: How the items topic is read, always in the group "<app_id>-items" unless "faust":
-    #: "process" (default): a child process fetches, decodes and dead-letters, the worker applies
-    #: (``streams.items_reader``), so reading items does not hold the GIL that queries need;
-    #: "batch": the same reader inside the worker (``streams.batch_consumer``); "faust": an agent
-    #: in Faust's group, with Faust's per-event work on its event loop.
-    items_consumer: Literal["process", "batch", "faust"] = "process"
-    #: Niceness added to the items reader's child process (0-19): higher leaves more CPU to the
-    #: worker's queries when cores are short, at some cost in item freshness.
-    items_reader_nice: int = Field(default=0, ge=0, le=19)
+    #: How the items topic is read. "batch": record batches from an aiokafka consumer in its own
+    #: group "<app_id>-items" (``streams.batch_consumer``); the worker is ready only once it has
+    #: caught up with the topic. "faust": an agent in Faust's group, with Faust's per-event work
+    #: on its event loop (readiness does not wait for items).
+    items_consumer: Literal["batch", "faust"] = "batch"
     #: The items reader's fetch waits (up to ``consumer_max_fetch_wait_ms``) for this many bytes:
     #: 65536 gives fewer, larger batches and ~10% less ingestion CPU at 1,000 upserts/s, but on
     #: Tansu (fetches wait their whole wait) added ~40 ms to item freshness p50; 1 by default.
@@ -98,22 +94,10 @@ class Settings(BaseSettings):
     #: towerstream's per-batch metrics are on ``/metrics`` either way.
     faust_metrics: bool = False
 
-    #: Python's GIL switch interval in the worker (ms). Serving, intake and training share one
-    #: process: a query thread waiting for the GIL waits up to this long at each hand-over, and
-    #: a query hands over several times (CPython's default is 5 ms).
+    #: Python's GIL switch interval in the worker (ms). In the all-in-one worker serving, intake
+    #: and training share one process: a query thread waiting for the GIL waits up to this long
+    #: at each hand-over, and a query hands over several times (CPython's default is 5 ms).
     gil_switch_interval_ms: float = 0.5
-    #: Queries run on the event loop unless a lock stays held this long (then on a serving
-    #: thread); -1 always uses the serving threads.
-    serve_inline_wait_ms: float = 2.0
-    #: While a query runs, Faust's event loop and the items thread wait for it at their next
-    #: step, each time for at most this long (ms), so ingestion is slowed, never starved, by
-    #: back-to-back queries (``towerstream.query_priority``); 0 turns this off.
-    query_priority_wait_ms: float = 5.0
-    #: ...and they go on waiting this long (ms) after the last query ends, for the next one.
-    query_priority_linger_ms: float = Field(default=0.3, ge=0)
-    #: After a wait hit ``query_priority_wait_ms``, a thread runs this long (ms) before it waits
-    #: again: ingestion keeps at least free / (wait + free) of its time under a flood of queries.
-    query_priority_free_ms: float = Field(default=1.0, gt=0)
 
     # Model
     embedding_dim: int = 64

@@ -1,8 +1,8 @@
 """Compressed and unreadable record batches, on the real broker.
 
 Producers compress (librdkafka, the Java client: lz4 and zstd are common defaults), so every
-consumer here must read every Kafka codec: the worker's batch readers (interactions in the
-worker, items in its child process), the Faust agents (users) and ``towerstream record``. The
+consumer here must read every Kafka codec: the worker's batch readers (interactions and
+items), the Faust agents (users) and ``towerstream record``. The
 records are written by an independent client, confluent-kafka (librdkafka), as a production
 producer would write them. Our own producer's codec setting must reach the wire.
 
@@ -113,15 +113,14 @@ def batch_codecs(settings: Settings, topic: str, partitions: int) -> set[str]:
 
 # ----- every codec, every consumer --------------------------------------------------------------
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("items_consumer", ["process", "batch"])
 def test_worker_applies_events_in_every_codec(
     broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess],
-    items_consumer: str, monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Items (child process, or in the worker), interactions (batch reader), users (Faust agent): 20 per codec."""
-    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", items_consumer)  # workers inherit the environment
+    """Items and interactions (batch readers), users (Faust agent): 20 per codec."""
+    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", "batch")  # workers inherit the environment
     settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600,
-                               items_consumer=items_consumer)
+                               items_consumer="batch")
     ensure_topics(settings)
     worker = start_worker(settings)
     users_before = worker.wait_ready(90)["users_known"]  # the anonymous user

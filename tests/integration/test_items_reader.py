@@ -1,16 +1,12 @@
-"""The items reader process (``ITEMS_CONSUMER=process``, the default) on a real broker.
+"""The items reader (``ITEMS_CONSUMER=batch``, the default) on a real broker.
 
-A child of the worker reads and decodes the items topic; the worker applies what it hands over.
-These tests check what a user relies on: items are indexed and bad ones dead-lettered (and
-counted on the worker's /metrics), offsets are committed only for applied items, a killed
-reader is started again without losing or repeating an item, and the reader never outlives
-its worker.
+It reads the items topic in its own group inside the worker. What a user relies on: items are
+indexed and bad ones dead-lettered (and counted on the worker's /metrics), offsets are committed
+in the items group only for applied items, and a restarted worker reads nothing twice.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -32,9 +28,9 @@ pytestmark = [pytest.mark.broker]
 
 
 @pytest.fixture(autouse=True)
-def _process_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def _batch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers inherit the environment: pin the path under test, whatever the caller's environment."""
-    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", "process")
+    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", "batch")
 
 
 def items(prefix: str, n: int, start: int = 0) -> list[ItemUpsert]:
@@ -54,53 +50,22 @@ def ready(broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str,
     return settings, worker
 
 
-def reader_pids(worker: WorkerProcess) -> list[int]:
-    """The worker's child processes that run the items reader (from /proc)."""
-    assert worker.proc is not None
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == worker.proc.pid and b"streams.items_reader_child" in cmdline:
-            out.append(int(entry))
-    return out
-
-
-def gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return True  # exited; its parent has not reaped it yet
-        except (ProcessLookupError, FileNotFoundError):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.timeout(240)
-def test_the_reader_process_indexes_dead_letters_and_commits_only_applied_offsets(
+def test_the_items_reader_indexes_dead_letters_and_commits_only_applied_offsets(
     ready: tuple[Settings, WorkerProcess], start_worker: Callable[[Settings], WorkerProcess]
 ) -> None:
     settings, worker = ready
-    assert len(reader_pids(worker)) == 1
     good = items("a", 60)
     bad = (b"not json at all", b'{"item_id": "x1"}')
     send(settings, good, bad, topic="items")
     wait_for(worker, lambda b: b.get("items_indexed", 0) >= len(good), timeout=60)
-    # Dead letters come from the child's producer, with position and reason; the worker counts them.
+    # Dead letters carry position and reason; the worker counts them.
     letters = dead_letters(settings)
     assert set(letters) == set(bad), letters
     assert letters[bad[0]].error_kind == "not_json" and "title" in letters[bad[1]].reason
     assert all(dl.source_topic == settings.topic("items") and dl.offset is not None for dl in letters.values())
     assert metric(worker, "towerstream_dead_letters_total", f'topic="{settings.topic("items")}"') == 2
-    # The child commits in the items group, Faust's group never sees the topic.
+    # The reader commits in the items group, Faust's group never sees the topic.
     group = group_id(settings, "items")
     deadline = time.monotonic() + 15
     while sum(group_offsets(settings, group, ("items",)).values()) < len(good) + len(bad) and time.monotonic() < deadline:
@@ -122,27 +87,3 @@ def test_the_reader_process_indexes_dead_letters_and_commits_only_applied_offset
     time.sleep(1.5)
     assert metric(second, "towerstream_duplicates_total", f'topic="{settings.topic("items")}"') == 0
     assert "rejoining_group_as_previous_member" in Path(str(second.log_path)).read_text()
-
-
-@pytest.mark.timeout(240)
-def test_a_killed_reader_is_started_again_and_no_item_is_lost(ready: tuple[Settings, WorkerProcess]) -> None:
-    settings, worker = ready
-    send(settings, items("a", 30))
-    wait_for(worker, lambda b: b.get("items_indexed", 0) >= 30, timeout=60)
-    (pid,) = reader_pids(worker)
-    os.kill(pid, signal.SIGKILL)
-    send(settings, items("b", 30))  # sent while no reader runs
-    body = wait_for(worker, lambda b: b.get("items_indexed", 0) >= 60, timeout=90)
-    assert body["items_indexed"] == 60
-    assert metric(worker, "towerstream_items_reader_restarts_total") == 1
-    (new_pid,) = reader_pids(worker)
-    assert new_pid != pid
-    assert "items_reader_exited" in Path(str(worker.log_path)).read_text()
-
-
-@pytest.mark.timeout(120)
-def test_the_reader_never_outlives_its_worker(ready: tuple[Settings, WorkerProcess]) -> None:
-    _, worker = ready
-    (pid,) = reader_pids(worker)
-    worker.kill()  # SIGKILL: no shutdown code runs in the worker
-    assert gone(pid, 10.0), f"items reader {pid} still running after its worker was killed"

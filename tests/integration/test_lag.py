@@ -1,38 +1,31 @@
 """Per-partition lag on /metrics and /healthz, and a stalled partition degrading /healthz (``streams.lag``).
 
-The stall is real: the items reader's child process is stopped with SIGSTOP while item events
-arrive, so its partitions fall behind and stop moving; SIGCONT lets it catch up.
+The stall is real: a record batch no decoder reads (a CRC that does not match) stops the items
+reader at partition 0 (``UNREADABLE_BATCHES=stall``) while item events arrive behind it, so that
+partition falls behind and stops moving. The operator's escape (a restart with ``skip``) lets it
+move again, and the lag and the conditions clear. That a condition clears within one process as
+soon as its partition moves is held by ``tests/unit/test_lag.py``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from producers.producer import EventProducer
 from producers.topics import ensure_topics
 from tests.conftest import worker_settings
+from tests.integration.test_codecs import corrupt_batch, produce_confluent, produce_raw_batch
 from tests.integration.test_log_reset import items
 from tests.integration.test_spine import metric, wait_for
 from towerstream.broker import EmbeddedBroker
+from towerstream.events import encode
 from towerstream.processes import WorkerProcess
 from towerstream.settings import Settings
 
 pytestmark = [pytest.mark.broker]
-
-
-def reader_pid(worker: WorkerProcess) -> int:
-    """The items reader process the worker started last (from its JSON log)."""
-    pids = [json.loads(line)["pid"] for line in Path(str(worker.log_path)).read_text().splitlines()
-            if line.startswith("{") and '"items_reader_started"' in line]
-    assert pids, "no items reader started"
-    return int(pids[-1])
 
 
 def health(worker: WorkerProcess) -> tuple[int, dict[str, Any]]:
@@ -43,8 +36,11 @@ def health(worker: WorkerProcess) -> tuple[int, dict[str, Any]]:
 @pytest.mark.timeout(300)
 def test_a_backlog_shows_as_lag_and_a_stalled_partition_degrades_healthz_until_it_moves(
     broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings = worker_settings(broker, tmp_path / "data", topic_prefix, stall_after_s=4)
+    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", "batch")  # workers inherit the environment
+    monkeypatch.setenv("TOWERSTREAM_UNREADABLE_BATCHES", "stall")
+    settings = worker_settings(broker, tmp_path / "data", topic_prefix, stall_after_s=4, checkpoint_every_s=600)
     ensure_topics(settings)
     worker = start_worker(settings)
     worker.wait_ready(120)
@@ -52,34 +48,33 @@ def test_a_backlog_shows_as_lag_and_a_stalled_partition_degrades_healthz_until_i
     keys = [f"{topic}:{p}" for p in range(settings.topic_partitions)]
     body = wait_for(worker, lambda b: all(k in b.get("lag", {}).get("partitions", {}) for k in keys), timeout=60)
     assert body["lag"]["total"] == 0 and body["status"] == "ok", body
-    pid = reader_pid(worker)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        backlog = items("lag", 30)
-        with EventProducer(settings) as prod:  # one record per batch: Tansu's listed end is exact then
-            for ev in backlog:
-                prod.send_event(ev)
-                prod.flush(timeout=20)
-            assert prod.flush(timeout=20).failed == 0
-        body = wait_for(worker, lambda b: b["lag"]["total"] == len(backlog), timeout=60)
-        parts = body["lag"]["partitions"]
-        assert sum(parts[k]["lag"] for k in keys) == len(backlog), body["lag"]
-        worst = max(keys, key=lambda k: parts[k]["lag"])
-        assert body["lag"]["worst"] == {"partition": worst, "lag": parts[worst]["lag"]}
-        assert metric(worker, "towerstream_consumer_lag", f'topic="{topic}"') == len(backlog)
-        # Behind and not moving for stall_after_s: /healthz turns 503 and names the partitions.
-        stalled = {k for k in keys if parts[k]["lag"] > 0}
-        stalled_body = wait_for(worker, lambda b: {f"stalled:{k}" for k in stalled} <= set(b["conditions"]),
-                                 timeout=60)
-        status, body = health(worker)
-        assert status == 503 and body["status"].startswith("degraded: ") and "partition stalled" in body["status"]
-        cond = stalled_body["conditions"][f"stalled:{worst}"]
-        assert cond["lag"] == parts[worst]["lag"] and cond["topic"] == topic, cond
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    # It moves again: every item applied, no lag, the conditions cleared, 200.
-    body = wait_for(worker, lambda b: b.get("items_indexed", 0) == len(backlog) and b["lag"]["total"] == 0
-                    and not b["conditions"], timeout=120)
+
+    bad = [encode(ev) for ev in items("bad", 3)]
+    produce_raw_batch(settings, "items", 0, corrupt_batch(bad))
+    backlog = items("lag", 6)
+    for ev in backlog:  # one record per batch: Tansu's listed end is exact then
+        produce_confluent(settings, [("items", ev.item_id.encode(), encode(ev), 0)], "none")
+    behind = len(bad) + len(backlog)
+    body = wait_for(worker, lambda b: b["lag"]["total"] == behind, timeout=60)
+    parts = body["lag"]["partitions"]
+    stuck = f"{topic}:0"
+    assert parts[stuck]["lag"] == behind and sum(parts[k]["lag"] for k in keys) == behind, body["lag"]
+    assert body["lag"]["worst"] == {"partition": stuck, "lag": behind}
+    assert metric(worker, "towerstream_consumer_lag", f'topic="{topic}"') == behind
+    # Behind and not moving for stall_after_s: /healthz turns 503 and names the partition.
+    stalled_body = wait_for(worker, lambda b: f"stalled:{stuck}" in b["conditions"], timeout=60)
+    cond = stalled_body["conditions"][f"stalled:{stuck}"]
+    assert cond["lag"] == behind and cond["topic"] == topic, cond
     status, body = health(worker)
+    assert status == 503 and body["status"].startswith("degraded: ") and "partition stalled" in body["status"], body
+    assert {k for k in body["conditions"] if k.startswith("stalled:")} == {f"stalled:{stuck}"}, body["conditions"]
+    assert body["items_indexed"] == 0, body
+    assert worker.stop() == 0
+
+    # It moves again (the batch dead-lettered, read past): every item behind it applied, no lag, 200.
+    second = start_worker(Settings(**{**settings.model_dump(), "unreadable_batches": "skip"}))
+    body = wait_for(second, lambda b: b.get("items_indexed", 0) == len(backlog) and b["lag"]["total"] == 0
+                    and not b["conditions"] and all(k in b["lag"]["partitions"] for k in keys), timeout=120)
+    status, body = health(second)
     assert status == 200 and body["status"] == "ok", body
-    assert metric(worker, "towerstream_consumer_lag", f'topic="{topic}"') == 0
+    assert metric(second, "towerstream_consumer_lag", f'topic="{topic}"') == 0

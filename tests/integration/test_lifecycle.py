@@ -1,7 +1,7 @@
 """Stopping ``towerstream worker`` with real signals, on a real broker: nothing is left behind.
 
 Each test starts the real command (``towerstream worker``), records the pids of every process
-it started (the Faust worker, its items reader, the embedded broker) by walking /proc, sends a
+it started (the Faust worker, the embedded broker) by walking /proc, sends a
 signal and checks the outcome: the command exits, none of those processes is left, and where
 the worker could stop, its final checkpoint is in its log. The waits have generous deadlines
 (2 loaded cores); the stop times are printed (``pytest -s``) for docs/benchmarks.md, not
@@ -109,13 +109,13 @@ class Cli:
             return 0, None
 
     def wait_ready(self, want_broker: bool, timeout: float = 150.0) -> dict[str, str]:
-        """Ready, with the worker, its items reader (and the embedded broker) recorded."""
+        """Ready, with the worker (and the embedded broker) recorded."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             assert self.proc.poll() is None, self.text()
             self.started = descendants(self.proc.pid)
             roles = self.roles()
-            if self.health()[0] == 200 and {"worker", "items_reader"} <= set(roles) and (
+            if self.health()[0] == 200 and "worker" in roles and (
                     "broker" in roles or not want_broker):
                 return roles
             time.sleep(0.5)
@@ -124,9 +124,7 @@ class Cli:
     def roles(self) -> dict[str, str]:
         roles: dict[str, str] = {}
         for pid, cmd in self.started.items():
-            if "items_reader_child" in cmd:
-                roles["items_reader"] = str(pid)
-            elif "streams.app" in cmd:
+            if "streams.app" in cmd:
                 roles["worker"] = str(pid)
             elif "tansu" in cmd:
                 roles["broker"] = str(pid)
@@ -245,7 +243,7 @@ def test_sigterm_while_the_broker_is_paused_still_exits_and_leaves_nothing(
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_of_the_command_takes_worker_items_reader_and_embedded_broker_with_it(
+def test_sigkill_of_the_command_takes_worker_and_embedded_broker_with_it(
         tmp_path: Path, topic_prefix: str, cli: list[Cli]) -> None:
     c = Cli(tmp_path, None, topic_prefix)
     cli.append(c)

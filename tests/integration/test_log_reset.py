@@ -82,11 +82,11 @@ def test_a_broker_restarted_empty_under_a_worker_with_state_loses_no_new_event(
     own_broker: list[EmbeddedBroker], tmp_path: Path, topic_prefix: str,
     start_worker: Callable[[Settings], WorkerProcess],
 ) -> None:
-    """Both batch readers (interactions in the worker, items in the reader process) read the
-    new log from its start; the reset is logged, counted and listed on /healthz."""
+    """Both batch readers (interactions and items) read the new log from its start; the reset is
+    logged, counted and listed on /healthz."""
     broker = own_broker[0]
     settings = worker_settings(broker, tmp_path / "data", topic_prefix)
-    assert settings.items_consumer == "process" and settings.interactions_consumer == "batch"
+    assert settings.items_consumer == "batch" and settings.interactions_consumer == "batch"
     ensure_topics(settings)
     fill(start_worker(settings), settings, 40, 300)
     durable_before, _ = durable_state(settings.data_dir)

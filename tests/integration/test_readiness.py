@@ -4,7 +4,7 @@ A worker that starts with items on the topic that its RocksDB does not hold (a f
 directory; or a predecessor stopped before its items reader had read them, and then its
 checkpoints were lost) must not report ready with part of the catalog: it says "catching up"
 until its items reader has applied the topic up to where it ended when the reader joined.
-Both item readers that can gate readiness are run: the reader process and the in-process one.
+The items reader that gates readiness (``ITEMS_CONSUMER=batch``, the default) is pinned.
 """
 
 from __future__ import annotations
@@ -29,12 +29,11 @@ N_ITEMS = 300
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("reader", ["process", "batch"])
 def test_a_worker_is_ready_only_once_the_catalog_on_the_topic_is_indexed(
     broker: EmbeddedBroker, tmp_path: Path, topic_prefix: str, start_worker: Callable[[Settings], WorkerProcess],
-    monkeypatch: pytest.MonkeyPatch, reader: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", reader)  # workers inherit the environment
+    monkeypatch.setenv("TOWERSTREAM_ITEMS_CONSUMER", "batch")  # workers inherit the environment
     settings = worker_settings(broker, tmp_path / "data", topic_prefix, checkpoint_every_s=600)
     ensure_topics(settings)
     catalog = items("c", N_ITEMS)

@@ -248,7 +248,7 @@ def test_the_worker_app_is_built_with_the_credentials_from_the_environment(tmp_p
 
 @pytest.mark.parametrize("faust_metrics", ["true", "false"])
 def test_metrics_are_served_by_our_server_with_fausts_sensor_only_when_asked(tmp_path: Path, faust_metrics: str) -> None:
-    """Faust's web server is off (the API has a thread of its own): /metrics serves the one registry,
+    """Faust's web server is off (the API is our aiohttp app on Faust's loop): /metrics serves the one registry,
     which holds Faust's per-event sensor only with ``FAUST_METRICS=true``."""
     code = (
         "import asyncio\n"

@@ -96,7 +96,7 @@ def test_a_small_category_is_scored_exactly_whatever_its_rank_in_the_catalog(tmp
     eng = Engine.open(tmp_path, SMALL)
     catalog(eng)
     rare_rows = [eng.items.get(f"i{i}") for i in (5, 150, 390)]
-    rec = eng.recommend("u1", 2, filters=Filters(include_categories=["rare"]), exclude_seen=False, wait_s=0.01)
+    rec = eng.recommend("u1", 2, filters=Filters(include_categories=["rare"]), exclude_seen=False)
     assert rec.source == "model"
     assert [i for i, _ in rec.items] == exact_top(eng, "u1", rare_rows, 2)
     # Combined with other filters and seen items.
@@ -108,7 +108,7 @@ def test_a_small_category_is_scored_exactly_whatever_its_rank_in_the_catalog(tmp
         n = int(item_id[1:])
         assert (n in (5, 150, 390) or n % 4 == 1) and n % 3 != 0
     # An empty (or unknown) category answers nothing from the model, at once.
-    assert eng.recommend("u1", 5, filters=Filters(include_categories=["nope"]), wait_s=0.01).items == []
+    assert eng.recommend("u1", 5, filters=Filters(include_categories=["nope"])).items == []
 
 
 def test_category_changes_and_deletes_reach_the_filter(tmp_path: Path) -> None:
