@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -498,6 +499,11 @@ class ReplicaServer:
 
 def serve(settings: Settings) -> int:
     """``towerstream serve``: one replica until SIGTERM/SIGINT (then a clean stop, bounded)."""
+
+    if settings.gil_switch_interval_ms > 0:
+        # The apply thread (decoding, index upserts) and the loop answering queries share the GIL:
+        # a short switch interval bounds how long a query waits for it (as in the worker).
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
 
     async def main() -> None:
         server = ReplicaServer(settings, drift=DriftSettings().config())

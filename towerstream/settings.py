@@ -94,9 +94,10 @@ class Settings(BaseSettings):
     #: towerstream's per-batch metrics are on ``/metrics`` either way.
     faust_metrics: bool = False
 
-    #: Python's GIL switch interval in the worker (ms). In the all-in-one worker serving, intake
-    #: and training share one process: a query thread waiting for the GIL waits up to this long
-    #: at each hand-over, and a query hands over several times (CPython's default is 5 ms).
+    #: Python's GIL switch interval in the worker and in a serving replica (ms). In the all-in-one
+    #: worker serving, intake and training share one process, in a replica queries and applying
+    #: what it follows: a query waiting for the GIL waits up to this long at each hand-over, and a
+    #: query hands over several times (CPython's default is 5 ms).
     gil_switch_interval_ms: float = 0.5
 
     # Model
