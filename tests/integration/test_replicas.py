@@ -18,13 +18,12 @@ Time is never asserted: every wait polls for a condition and its timeout only bo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,8 @@ from producers.kafka_config import client_config
 from producers.producer import EventProducer
 from producers.topics import ensure_topics
 from tests.conftest import worker_settings
+from tests.unit.replica_log import items_digest
+from tests.waiting import WAIT_S, wait_for
 from towerstream.broker import EmbeddedBroker, free_port
 from towerstream.events import Interaction, ItemDelete, ItemUpsert
 from towerstream.processes import WorkerProcess, http_json
@@ -57,26 +58,6 @@ PROBES = {"probe-a": ["i3", "i141", "i977"], "probe-b": ["i10", "i2222"], "probe
 K = 10
 #: Bounds on waits (a hang, not a speed: the machine is shared and slow). Lower it to see a
 #: mutation fail sooner; never to make a test pass.
-WAIT_S = float(os.environ.get("TOWERSTREAM_TEST_WAIT_S", "240"))
-
-
-def wait_for(what: str, cond: Callable[[], Any], timeout: float = WAIT_S, every: float = 0.3) -> Any:
-    """The first truthy ``cond()``; AssertionError naming ``what`` (and the last value) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s; last: {str(last)[:2000]}")
-
-
-def digest(ids: set[str] | list[str]) -> str:
-    """As the replica reports it (``items_digest``): the sum of the ids' sha256, mod 2**256."""
-    return f"{sum(int.from_bytes(hashlib.sha256(i.encode()).digest(), 'big') for i in set(ids)) % (1 << 256):064x}"
-
-
 def get(url: str, timeout: float = 30.0) -> tuple[int, Any]:
     """``(status, body)``; ``(0, None)`` while nothing listens (a replica starting or killed)."""
     try:
@@ -406,7 +387,7 @@ def test_both_replicas_hold_every_live_item_and_answer_alike_at_one_version(clus
     assert done.items == len(c.live) == SPEC.items
     for name in c.replicas:
         h = c.health(name)
-        assert h["items"] == len(c.live) and h["items_digest"] == digest(c.live), (name, h)
+        assert h["items"] == len(c.live) and h["items_digest"] == items_digest(c.live), (name, h)
         for item in ("i0", "i1499", "i2999"):
             status, body = get(f"{c.replicas[name].base_url}/items/{item}")
             assert status == 200 and body["item_id"] == item and body["version"] == done.version, (name, body)
@@ -437,7 +418,7 @@ def test_an_item_delete_reaches_every_replica(cluster: Cluster) -> None:
     done = c.settle()
     for name in c.replicas:
         h = c.health(name)
-        assert h["items"] == len(c.live) and h["items_digest"] == digest(c.live), (name, h)
+        assert h["items"] == len(c.live) and h["items_digest"] == items_digest(c.live), (name, h)
     answers = same_answers(c, ["a", "b"], c.users())
     for name in c.replicas:
         for user in c.users():
@@ -451,7 +432,7 @@ def test_an_item_delete_reaches_every_replica(cluster: Cluster) -> None:
     c.interact(200, "after-delete")
     done = c.settle()
     for name in c.replicas:
-        assert c.health(name)["items_digest"] == digest(c.live)
+        assert c.health(name)["items_digest"] == items_digest(c.live)
         for item in top:
             assert get(f"{c.replicas[name].base_url}/items/{item}")[0] == 404
 
@@ -562,7 +543,7 @@ def test_a_replica_killed_mid_stream_catches_up_while_the_other_answers(cluster:
     ha, hb = c.health("a"), c.health("b")
     for key in ("version", "items", "items_digest", "users"):
         assert ha[key] == hb[key], (key, ha[key], hb[key])
-    assert ha["version"] == done.version and ha["items_digest"] == digest(c.live)
+    assert ha["version"] == done.version and ha["items_digest"] == items_digest(c.live)
     same_answers(c, ["a", "b"], c.users())
 
 
@@ -640,7 +621,7 @@ def test_a_replica_started_after_ten_thousand_events_reaches_the_same_state(clus
     assert c.events >= 10_000
     late = c.start_replica("c")
     first = late.wait_ready(WAIT_S)  # the first 200 it gives: ready means caught up
-    assert first["version"] == done.version and first["items_digest"] == digest(c.live), first
+    assert first["version"] == done.version and first["items_digest"] == items_digest(c.live), first
     ref = c.health("a")
     assert first["items"] == ref["items"] and first["users"] == ref["users"], (first, ref)
     same_answers(c, ["a", "b", "c"], c.users())

@@ -9,7 +9,6 @@ replica does with them is only seen from outside: ``/healthz``, ``/recommend``, 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -23,6 +22,8 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from producers.topics import ensure_topics
 from tests.conftest import worker_settings
+from tests.unit.replica_log import items_digest
+from tests.waiting import wait_for
 from tests.unit import replica_log
 from towers import TwoTowerTrainer
 from towerstream.broker import EmbeddedBroker
@@ -109,29 +110,12 @@ def get(r: ReplicaProcess, path: str) -> tuple[int, Any]:
         return 0, None
 
 
-def wait_for(what: Callable[[], Any], timeout: float = 90.0, every: float = 0.2) -> Any:
-    """The first truthy ``what()`` within ``timeout`` seconds (a generous bound: the machine is loaded)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = what()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"condition not met in {timeout}s; last: {last!r}")
-
-
-def digest(ids: list[str]) -> str:
-    """The live items' digest as a replica reports it: the sum of their ids' sha256, mod 2**256."""
-    return f"{sum(int.from_bytes(hashlib.sha256(i.encode()).digest(), 'big') for i in set(ids)) % (1 << 256):064x}"
-
-
 def settle(r: ReplicaProcess) -> dict[str, Any]:
     """Health once the replica has read everything written so far (lag 0 on every followed topic)."""
     def read_all() -> dict[str, Any] | None:
         _, h = get(r, "/healthz")
         return h if isinstance(h, dict) and h.get("lag") and not any(h["lag"].values()) else None
-    return dict(wait_for(read_all))
+    return dict(wait_for("the records", read_all, timeout=90))
 
 
 def ids(body: dict[str, Any]) -> list[str]:
@@ -149,7 +133,7 @@ def test_a_replica_answers_from_the_published_versions_only_once_each_is_complet
     try:
         replica = start_replica(settings)
         # Nothing published: the replica reads the (empty) topics and waits for a version.
-        status, health = wait_for(lambda: (lambda s, h: (s, h) if isinstance(h, dict) and h.get("status")
+        status, health = wait_for("the replica", lambda: (lambda s, h: (s, h) if isinstance(h, dict) and h.get("status")
                                            == "waiting for a model version" else None)(*get(replica, "/healthz")))
         assert status == 503 and health["version"] is None, health
         _, body = get(replica, "/recommend/u3")
@@ -159,7 +143,7 @@ def test_a_replica_answers_from_the_published_versions_only_once_each_is_complet
         n1 = pub.version(tr, 1)
         health = replica.wait_ready(90)
         assert health["version"] == 1 and health["items"] == n1, health
-        assert health["items_digest"] == digest([replica_log.item_id(r) for r in np.flatnonzero(tr.item_live)])
+        assert health["items_digest"] == items_digest([replica_log.item_id(r) for r in np.flatnonzero(tr.item_live)])
         assert set(health["lag"]) == {ITEM_VECTORS, MODEL, "interactions"}, health
         status, body = get(replica, "/recommend/u3?k=5")
         assert status == 200 and body["model_version"] == 1 and body["source"] == "model" and len(body["items"]) == 5
@@ -178,9 +162,9 @@ def test_a_replica_answers_from_the_published_versions_only_once_each_is_complet
         # A tombstone removes the item from the index and every answer.
         top = ids(get(replica, "/recommend/u3?k=5")[1])[0]
         pub.item(top, None)
-        wait_for(lambda: get(replica, f"/items/{top}")[0] == 404)
+        wait_for("the replica", lambda: get(replica, f"/items/{top}")[0] == 404)
         health = settle(replica)
-        assert health["items"] == n1 - 1 and health["items_digest"] != digest([]), health
+        assert health["items"] == n1 - 1 and health["items_digest"] != items_digest([]), health
         assert top not in ids(get(replica, "/recommend/u3?k=50")[1])
 
         # An interaction: the item is seen (excluded from the next answer) and the user vector moves.
@@ -188,7 +172,7 @@ def test_a_replica_answers_from_the_published_versions_only_once_each_is_complet
         clicked = ids(before)[0]
         pub.interaction(Interaction(event_id=f"ev-{uuid.uuid4().hex}", user_id="u3", item_id=clicked, kind="click",
                                     ts=int(time.time() * 1000)), key="u3")
-        after = wait_for(lambda: (lambda b: b if clicked not in ids(b) else None)(get(replica, "/recommend/u3?k=20")[1]))
+        after = wait_for("the replica", lambda: (lambda b: b if clicked not in ids(b) else None)(get(replica, "/recommend/u3?k=20")[1]))
         common = set(ids(before)) & set(ids(after))
         moved = {i["item_id"]: i["score"] for i in before["items"] if i["item_id"] in common}
         now = {i["item_id"]: i["score"] for i in after["items"] if i["item_id"] in common}
@@ -198,10 +182,10 @@ def test_a_replica_answers_from_the_published_versions_only_once_each_is_complet
         assert body["source"] == "popularity" and body["fallback_reason"] == "unknown user", body
         pub.interaction(Interaction(event_id=f"ev-{uuid.uuid4().hex}", user_id="stranger", item_id="i1",
                                     ts=int(time.time() * 1000)), key="stranger")
-        wait_for(lambda: get(replica, "/recommend/stranger")[1]["source"] == "model")
+        wait_for("the replica", lambda: get(replica, "/recommend/stranger")[1]["source"] == "model")
         # An invalid interaction is counted and skipped.
         pub.interaction(b'{"not": "an interaction"}')
-        wait_for(lambda: 'towerstream_replica_skipped_total{reason="invalid",topic="interactions"} 1.0'
+        wait_for("the replica", lambda: 'towerstream_replica_skipped_total{reason="invalid",topic="interactions"} 1.0'
                  in metrics_text(replica))
 
         # Version 2 arrives in pieces: no switch until its completion and every vector are in.
@@ -217,7 +201,7 @@ def test_a_replica_answers_from_the_published_versions_only_once_each_is_complet
         health = settle(replica)
         assert health["version"] == 1 and get(replica, "/recommend/u3")[1]["model_version"] == 1, health
         pub.complete(2, parts, len(live))
-        wait_for(lambda: get(replica, "/healthz")[1]["version"] == 2)
+        wait_for("the replica", lambda: get(replica, "/healthz")[1]["version"] == 2)
         health = settle(replica)
         assert health["status"] == "ok" and health["items"] == len(live) and health["pending"] == [], health
         body = get(replica, "/recommend/u3?k=5")[1]

@@ -6,8 +6,10 @@ the contract says the trainer publishes (model parts, sweep, ``VersionComplete``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,3 +136,10 @@ def interactions(tr: TwoTowerTrainer, users: range, start: int = 0) -> list[Inte
             out.append(Interaction(event_id=f"e{n}", user_id=user_id(u), item_id=item_id(r), kind="click",
                                    ts=1_700_000_000_000 + n))
     return out
+
+
+def items_digest(ids: Iterable[str]) -> str:
+    """The live items' digest as a replica reports it (``items_digest``): the sum of the ids'
+    sha256, mod 2**256, written out here rather than taken from the replica's code."""
+    total = sum(int.from_bytes(hashlib.sha256(i.encode()).digest(), "big") for i in set(ids))
+    return f"{total % (1 << 256):064x}"

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import numpy as np
 
+from tests.unit.replica_log import items_digest
 from towerstream.published import ItemVector
 from towerstream.replica_items import VersionItems
 
 
 def expected(ids: set[str]) -> str:
-    return f"{sum(int.from_bytes(hashlib.sha256(i.encode()).digest(), 'big') for i in ids) % (1 << 256):064x}"
+    return items_digest(ids)
 
 
 def test_the_digest_is_the_live_set_after_any_sequence_of_upserts_and_deletes() -> None:
