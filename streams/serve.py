@@ -56,12 +56,12 @@ from towerstream.settings import Settings
 log = structlog.get_logger(__name__)
 
 INTERACTIONS = "interactions"
-#: The followed topics (logical names), in the order their records are applied within one fetch:
-#: vectors before the model records that may complete their version.
-FOLLOWED = (ITEM_VECTORS, MODEL, INTERACTIONS)
 #: Two readers, each with a consumer of its own, taking turns on the one apply thread: a sweep's
 #: flood of item vectors then never holds an interaction back by more than one applied fetch.
 FOLLOWERS: dict[str, tuple[str, ...]] = {"published": (ITEM_VECTORS, MODEL), "interactions": (INTERACTIONS,)}
+#: The followed topics (logical names), in the order their records are applied within one fetch:
+#: vectors before the model records that may complete their version.
+FOLLOWED = tuple(name for names in FOLLOWERS.values() for name in names)
 #: Records one fetch hands over at most (each batch is applied on the apply thread).
 FETCH_MAX_RECORDS = 2000
 #: Seconds between looks at the followed topics' partitions (a topic that grew, or appeared).

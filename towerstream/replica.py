@@ -33,7 +33,7 @@ from towerstream.events.recommend import RecommendRequest
 from towerstream.published import (
     VERSION_KEY, ItemVector, ModelPart, VersionComplete, decode_item_vector, decode_model_part, join_parts,
 )
-from towerstream.replica_items import Histories, ItemInfo, Popularity, VersionItems, ts_micros
+from towerstream.replica_items import EMPTY_DIGEST, Histories, ItemInfo, Popularity, VersionItems, ts_micros
 from towerstream.replica_model import ServingModel
 
 __all__ = ["INCLUDE_SCAN_MAX", "Record", "Replica"]
@@ -508,7 +508,7 @@ class Replica:
             "version": act.version if act is not None else None,
             "pending": pending,
             "items": len(items) if items is not None else 0,
-            "items_digest": items.digest() if items is not None else _EMPTY_DIGEST,
+            "items_digest": items.digest() if items is not None else EMPTY_DIGEST,
             "users": len(self._histories),
             "model_users": len(act.model.user_rows) if act is not None else 0,
             "skipped": skipped,
@@ -534,9 +534,6 @@ class Replica:
             if behind:
                 out["item_records_behind"] = behind
         return out
-
-
-_EMPTY_DIGEST = f"{0:064x}"  # VersionItems.digest of no items
 
 
 def _passes(info: ItemInfo, f: Filters) -> bool:

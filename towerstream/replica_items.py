@@ -40,6 +40,8 @@ class ItemInfo(NamedTuple):
 
 
 _MOD = 1 << 256
+#: ``VersionItems.digest`` of no live items.
+EMPTY_DIGEST = f"{0:064x}"
 
 
 def id_hash(item_id: str) -> int:
