@@ -29,7 +29,7 @@ from streams.shutdown import BoundedStopApp, BoundedStopWorker, StopState, bound
 from streams.views import WebServer, build_web_app, deliver_to
 from towerstream.events.deadletter import MAX_RECORD_BYTES
 from towerstream.broker import port_open
-from towerstream.lifecycle import exit_after
+from towerstream.lifecycle import exit_after, lower_priority
 from towerstream.logs import configure_logging, install_repeat_filter, undo_spinner_debug_level
 from towerstream.settings import Settings, get_settings
 
@@ -158,6 +158,9 @@ def create_app(settings: Settings) -> faust.App:
     _patch_faust_unreadable()
     if settings.gil_switch_interval_ms > 0:
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    if settings.role == "train" and settings.train_nice > 0:
+        # Before any thread starts (Linux threads inherit their creator's niceness).
+        lower_priority(settings.train_nice)
     app.towerstream_runtime = runtime  # type: ignore[attr-defined]
 
     def topic(name: str, partitions: int | None = None, config: dict[str, Any] | None = None) -> Any:

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -138,3 +139,24 @@ class StopSignals:
 
         exit_after(self.deadline_s, gave_up)
         raise KeyboardInterrupt
+
+
+def lower_priority(nice: int) -> int:
+    """Raise this process's niceness to ``nice`` (never lower it: that needs privileges); returns it.
+
+    Called before the process starts threads: on Linux niceness is per thread and a new thread
+    inherits its creator's, so every later thread runs at this priority too. A process that leads
+    a session of its own (as towerstream starts its children) is also an autogroup of its own,
+    and the scheduler weighs autogroups against each other by the group's niceness, not its
+    threads': that one is raised too, or the threads' niceness would count for nothing against
+    other sessions.
+    """
+    now = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > now:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if os.getsid(0) == os.getpid():
+        with contextlib.suppress(OSError, ValueError):  # no autogroups (a kernel without them)
+            group = Path("/proc/self/autogroup")
+            if int(group.read_text().split()[-1]) < nice:
+                group.write_text(str(nice))
+    return max(nice, now)

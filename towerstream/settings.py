@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     #: its own index (one process, the laptop default). "train": trains and publishes only; serving
     #: replicas (``towerstream serve``) answer.
     role: Literal["worker", "train"] = "worker"
+    #: CPU niceness the ``train`` role gives itself at start (Linux ``nice``, 0-19; 0 leaves it).
+    #: Training can wait a few milliseconds and a query cannot: where a trainer shares cores with
+    #: serving replicas (the laptop's ``demo --replicas``, a small host) the scheduler then runs a
+    #: query ahead of training. On cores of its own the trainer loses nothing. The all-in-one
+    #: ``worker`` role serves, so it never lowers itself.
+    train_nice: int = Field(default=10, ge=0, le=19)
     #: Publish item vectors and model versions to ``<prefix>.item-vectors`` and ``<prefix>.model``
     #: for serving replicas. Off: nothing is published and no replica can follow this trainer.
     publish: bool = True

@@ -8,6 +8,7 @@ a delete is a tombstone; version numbers never repeat, across a kill -9 as well.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -235,3 +236,10 @@ def test_publish_off_publishes_nothing_and_a_trainer_leaves_recommend_requests_t
         assert read_topic(settings, "recommend-responses") == []
     assert "published" not in health(worker)
     assert read_topic(settings, "item-vectors") == [] and read_topic(settings, "model") == []
+    # The trainer yields the CPU to serving, every thread of it; the all-in-one worker serves, so it does not.
+    pid = worker.proc.pid
+    nices = {int(Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[16])
+             for t in os.listdir(f"/proc/{pid}/task")}
+    assert nices == ({settings.train_nice} if role == "train" else {0})
+    if Path(f"/proc/{pid}/autogroup").exists():  # kernels with autogroups weigh the session as a whole
+        assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == str(settings.train_nice if role == "train" else 0)
