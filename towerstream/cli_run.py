@@ -184,11 +184,28 @@ def _start_fresh(data_dir: Path) -> None:
           + (" (removing the older copy that was there)" if replaced else ""), file=sys.stderr)
 
 
+def demo_stream(args: argparse.Namespace, now_ms: int | None = None) -> tuple[str, list[Any]]:
+    """The demo's records, stamped for a run starting at ``now_ms`` (default: now).
+
+    Event times follow the wall clock: the stream starts now and its interactions are spaced
+    as the demo sends them (``--rate``), so freshness lag reads in milliseconds, not years. The
+    run's start stamps its interaction ids, so a second demo into the same state is new events,
+    not duplicates of the first; no example in the README uses ids of this shape.
+    """
+    from towerstream.synthetic import StreamSpec, generate, offset_to_now, shifted
+
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    offset_ms = offset_to_now(now)
+    run = f"demo{now // 1000}-"
+    spec = StreamSpec(users=args.users, items=args.items, interactions=int(args.rate * args.duration),
+                      seed=args.seed, spacing_s=1.0 / args.rate if args.rate > 0 else 1.0, event_prefix=run)
+    return run, [shifted(rec, offset_ms) for rec in generate(spec)]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from producers.producer import EventProducer
     from towerstream.processes import WorkerError
     from towerstream.settings import Settings
-    from towerstream.synthetic import StreamSpec, generate, offset_to_now, shifted
 
     settings = Settings()
     data_dir = settings.data_dir
@@ -207,15 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"starting {what} (logs: {log_path.parent}) ...", file=sys.stderr)
             say_reloaded(roles.wait_ready(timeout=120))
             url = f"{roles.serving_url}/recommend/u1?k=10"
-            # Event times follow the wall clock: the stream starts now and its interactions are
-            # spaced as they are sent, so freshness lag reads in milliseconds, not years. The run
-            # stamps its event ids, so a second demo into the same state is new events.
-            offset_ms = offset_to_now()
-            run = f"demo{int(time.time())}-"
-            spec = StreamSpec(users=args.users, items=args.items, interactions=int(args.rate * args.duration),
-                              seed=args.seed, spacing_s=1.0 / args.rate if args.rate > 0 else 1.0,
-                              event_prefix=run)
-            records = list(generate(spec))
+            run, records = demo_stream(args)
             print(f"streaming {len(records)} events (interaction ids {run}e0 ...)", file=sys.stderr)
             from tqdm import tqdm
 
@@ -236,7 +245,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         delay = start + sent_interactions / args.rate - time.monotonic()
                         if args.rate > 0 and delay > 0:
                             time.sleep(delay)
-                    rec = shifted(rec, offset_ms)
                     prod.send_raw(s.topic(rec.logical_topic()), rec.key.encode() if rec.key else None,
                                   rec.value_bytes(), timestamp_ms=rec.timestamp)
                 summary = prod.flush()
