@@ -83,14 +83,20 @@ class Settings(BaseSettings):
     )
 
     # Micro-batching and model cadence
-    batch_max: int = Field(default=512, description="micro-batch size: interactions per commit and train step")
+    batch_max: int = Field(
+        default=512,
+        description="micro-batch size: interactions per commit and train step. Interactions are shown to "
+        "serving (history, seen items, so the user vector) when they are durable, before their train step "
+        "(`EngineConfig.visible_at_commit`)",
+    )
     batch_within_s: float = Field(default=0.05, description="longest wait for a micro-batch to fill (s)")
     train_batch_max: int = Field(
         default=2048,
         description="committed interaction batches that queued while a train step ran are merged into one step "
         "of at most this many events (a backlog trains in larger, cheaper steps; light traffic does not queue). "
         "A merged step of more than 1,024 events takes one gradient step instead of two, with in-batch "
-        "negatives drawn within blocks of 1,024 rows",
+        "negatives drawn within blocks of 1,024 rows (`TowerConfig.single_step_above`, `in_batch_block`): a "
+        "backlog is caught up faster, live 512-event batches train as before",
     )
     train_merge_after: int = Field(
         default=20_000,
