@@ -6,9 +6,17 @@ recorder's consumer all reach a SASL/TLS cluster the same way.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from towerstream.settings import Settings
+
+#: kafka-python 3 warns ("It is blocking the event loop") when one step of its IO thread's loop
+#: takes more than 0.1 s of wall clock. That step includes compressing a record batch, and in our
+#: processes the IO thread waits for the GIL while the main thread builds and serialises records
+#: (replay, produce), so on a loaded machine normal use crosses 0.1 s and prints the warning,
+#: which says nothing about the client. A step this long (a real livelock) still warns.
+SLOW_STEP_WARN_S = 5.0
 
 _SASL = ("SASL_PLAINTEXT", "SASL_SSL")
 _TLS = ("SSL", "SASL_SSL")
@@ -21,11 +29,14 @@ def client_config(settings: Settings, *, client_id: str = "towerstream") -> dict
     ``SSL``/``SASL_SSL``; a SASL protocol without a mechanism or credentials is a
     configuration error raised here rather than deep inside the client.
     """
+    from kafka.net.compat import KafkaNetClient
+
     protocol = settings.security_protocol
     conf: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in settings.bootstrap.split(",") if s.strip()],
         "security_protocol": protocol,
         "client_id": client_id,
+        "kafka_client": functools.partial(KafkaNetClient, slow_task_threshold_secs=SLOW_STEP_WARN_S),
     }
     if protocol in _SASL:
         if settings.sasl_mechanism is None:

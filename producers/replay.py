@@ -6,7 +6,6 @@ worker the stream's real burstiness ten times faster, not a uniform rate.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from producers.producer import DeliverySummary, EventProducer
 from producers.topics import ensure_topics
+from towerstream.logs import stream_is_terminal
 from towerstream.recording import RecordedRecord
 from towerstream.settings import TOPIC_NAMES, Settings
 
@@ -67,7 +67,7 @@ def replay(
     own = producer is None
     prod = producer if producer is not None else EventProducer(settings, **producer_kwargs)
     total = len(records) if hasattr(records, "__len__") else None  # type: ignore[arg-type]
-    disable = not progress or not sys.stderr.isatty()
+    disable = not progress or not stream_is_terminal()
     anchor: tuple[float, int] | None = None  # (wall clock, record ts) of the first record
     try:
         with tqdm(total=total, unit="rec", desc="replay", disable=disable) as bar:

@@ -1,10 +1,12 @@
 """``towerstream drift tail`` and ``towerstream drift plot``: drift reports for operators.
 
 ``tail`` follows ``<prefix>.drift-metrics`` with a group-less kafka-python consumer (it never
-moves a worker's offsets) and prints one line per report, changes highlighted. ``plot`` draws
-reports over time: those in a recording made with ``towerstream record --topics
-drift-metrics``, or, for a recording of events, the reports an offline Engine + DriftMonitor
-produce at the worker's event cadence.
+moves a worker's offsets) and prints a header, then one line per report (changes highlighted on
+a terminal). ``plot`` draws reports over time: those in a recording made with ``towerstream
+record --topics drift-metrics``, or, for a recording of events, the reports a DriftMonitor
+builds at the worker's event cadence while ``towerstream evaluate``'s test-then-train runs
+over it. The monitor takes every score from that evaluation, so the plot's "since start" hit
+rate ends at the HR@K ``towerstream evaluate`` prints for the same recording and flags.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from towerstream.drift import DriftMonitor, DriftSettings, decode_record, monitor_stream, report_line
-from towerstream.events.drift import DriftReport
-from towerstream.recording import RecordedRecord, RecordingError, iter_recording
-from towerstream.settings import Settings
+if TYPE_CHECKING:  # imported inside the commands, so that ``--help`` loads none of them (river, numpy)
+    from towerstream.drift import DriftSettings
+    from towerstream.events.drift import DriftReport
+    from towerstream.recording import RecordedRecord
+    from towerstream.settings import Settings
 
 DRIFT_TOPIC = "drift-metrics"
 #: ``source`` of reports made by ``plot`` from events (no worker).
@@ -37,17 +40,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     t = dsub.add_parser("tail", help="print drift reports as they arrive")
     t.add_argument("--from-beginning", action="store_true", help="start with the oldest report kept")
-    t.add_argument("--max", type=int, default=None, metavar="N", help="stop after N reports")
-    t.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    t.add_argument("--json", action="store_true", help="print each report as JSON instead")
+    t.add_argument("--max", type=int, default=None, metavar="N", help="stop after N reports (default: no limit)")
+    t.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: until Ctrl-C)")
+    t.add_argument("--json", action="store_true", help="print each report as JSON instead (no header)")
     t.set_defaults(func=_cmd_tail)
 
     p = dsub.add_parser("plot", help="draw drift reports over time (PNG)")
     p.add_argument("recording", help="a recording of drift-metrics, or of events to monitor offline")
     p.add_argument("-o", "--out", required=True, help="image file (e.g. drift.png)")
-    p.add_argument("--every-events", type=int, default=None, help="offline report cadence (default: worker's)")
-    p.add_argument("--batch-size", type=int, default=None, help="offline micro-batch (default: worker's)")
-    p.add_argument("--sample-rate", type=float, default=None, help="offline probe sample (default: worker's)")
+    p.add_argument("--every-events", type=int, default=None,
+                   help="offline report cadence in interactions (default: the worker's, TOWERSTREAM_DRIFT_EVERY_EVENTS)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="offline micro-batch (default: the worker's, TOWERSTREAM_BATCH_MAX)")
+    p.add_argument("--warmup", type=float, default=0.5,
+                   help="offline: fraction of interactions only learned, not scored (as towerstream evaluate)")
+    p.add_argument("--k", type=int, default=None, help="offline: list length scored (default: TOWERSTREAM_DRIFT_K, 10)")
     p.set_defaults(func=_cmd_plot)
 
 
@@ -59,6 +67,8 @@ def tail(settings: Settings, out: IO[str], *, from_beginning: bool = False, max_
 
     from producers.kafka_config import client_config
     from producers.topics import ensure_topics
+    from towerstream.drift import REPORT_HEADER, report_line
+    from towerstream.events.drift import DriftReport
 
     topic = settings.topic(DRIFT_TOPIC)
     ensure_topics(settings, [DRIFT_TOPIC])
@@ -79,6 +89,8 @@ def tail(settings: Settings, out: IO[str], *, from_beginning: bool = False, max_
                 time.sleep(0.2)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
+        if not as_json:
+            print(REPORT_HEADER, file=out, flush=True)
         (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
         while max_reports is None or count < max_reports:
             timeout_ms = 200
@@ -111,9 +123,12 @@ def tail(settings: Settings, out: IO[str], *, from_beginning: bool = False, max_
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
+    from towerstream.logs import stream_is_terminal
+    from towerstream.settings import Settings
+
     try:
         tail(Settings(), sys.stdout, from_beginning=args.from_beginning, max_reports=args.max,
-             duration_s=args.duration, as_json=args.json, color=sys.stdout.isatty())
+             duration_s=args.duration, as_json=args.json, color=stream_is_terminal(sys.stdout))
     except Exception as exc:  # noqa: BLE001 - the CLI reports, it does not trace back
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -127,29 +142,33 @@ def _is_drift(rec: RecordedRecord, prefix: str) -> bool:
 
 def recorded_reports(path: str | Path, prefix: str = "towerstream") -> list[DriftReport]:
     """The drift reports in a recording (empty when it holds none)."""
+    from towerstream.events.drift import DriftReport
+    from towerstream.recording import iter_recording
+
     return [DriftReport.model_validate(r.value) if isinstance(r.value, dict) else DriftReport.model_validate_json(r.value)
             for r in iter_recording(path) if _is_drift(r, prefix)]
 
 
 def offline_reports(path: str | Path, settings: Settings, drift: DriftSettings, *,
-                    batch_size: int | None = None, **overrides: Any) -> list[DriftReport]:
-    """Run an Engine + DriftMonitor over a recording's events, at the worker's cadence."""
-    from towers import TowerConfig
-    from towerstream.engine import Engine, EngineConfig
+                    batch_size: int | None = None, warmup: float = 0.5, **overrides: Any) -> list[DriftReport]:
+    """The reports a monitor builds while ``towerstream evaluate``'s test-then-train runs over a recording.
 
-    config = EngineConfig(
-        tower=TowerConfig(dim=settings.embedding_dim, device=settings.device, seed=settings.seed,
-                          history_len=settings.history_len),
-        index_kind=settings.index_kind,
-    )
+    The Engine is the one ``evaluate`` builds from the same settings, and every event the
+    evaluation scores is the monitor's probe: the last report's ``hit_rate_total`` is the
+    evaluation's HR@K (``tests/unit/test_drift_agrees.py``).
+    """
+    from towerstream.cli_evaluate import evaluation_engine
+    from towerstream.drift import DriftMonitor
+    from towerstream.evaluation import evaluate
+    from towerstream.recording import iter_recording
+
     monitor = DriftMonitor(drift.config(probes_as_served=True, **overrides), source=OFFLINE_SOURCE)
-    with tempfile.TemporaryDirectory(prefix="towerstream-drift-") as tmp:
-        engine = Engine.open(Path(tmp) / "engine", config)
-        try:
-            events = (e for e in (decode_record(r) for r in iter_recording(path)) if e is not None)
-            return list(monitor_stream(events, engine, monitor, batch_size=batch_size or settings.batch_max))
-        finally:
-            engine.close()
+    with evaluation_engine(settings) as engine:
+        evaluate(iter_recording(path), engine, warmup=warmup, k=monitor.config.k,
+                 batch_size=batch_size or settings.batch_max, observer=monitor)
+        if monitor.window_events > 0:
+            monitor.report(engine)
+    return monitor.drain()
 
 
 def plot_reports(reports: Sequence[DriftReport], out: str | Path, title: str | None = None) -> Path:
@@ -166,27 +185,29 @@ def plot_reports(reports: Sequence[DriftReport], out: str | Path, title: str | N
     sources = list(dict.fromkeys(r.source for r in reports))
     fig = Figure(figsize=(14, 13), layout="constrained")
     axes = fig.subplots(4, 2, sharex=True).ravel()
+    k = reports[-1].k
+    live = any(s != OFFLINE_SOURCE for s in sources)
+    # No norm panel: the towers L2-normalise, so the norms sit at 1.0 (they stay in the report as
+    # a broken-tower check). Offline, "lag" would be wall clock minus a recording's event time.
     panels: list[tuple[str, list[tuple[str, Any, str]]]] = [
-        ("live HR@K (test-then-train)", [("window", lambda r: r.hit_rate, "-"),
-                                          ("since start", lambda r: r.hit_rate_total, "--")]),
-        ("item embedding shift (mean cosine distance)", [
+        (f"HR@{k}, test-then-train (share of scored events whose item was in the top {k})", [
+            ("window", lambda r: r.hit_rate, "-"), ("since start", lambda r: r.hit_rate_total, "--")]),
+        ("item embedding shift (mean cosine distance, 0..2)", [
             ("since previous report", lambda r: r.item_shift_prev, "-"),
             ("since reference", lambda r: r.item_shift_ref, "--")]),
-        ("served score PSI vs previous window", [("PSI", lambda r: r.score_psi, "-")]),
-        ("catalog coverage and popularity bias", [("coverage", lambda r: r.coverage, "-"),
-                                                   ("Gini", lambda r: r.gini, "--")]),
-        ("embedding norms (median)", [("items", lambda r: r.item_norm and r.item_norm.p50, "-"),
-                                      ("users", lambda r: r.user_norm and r.user_norm.p50, "--")]),
-        ("collapse: item variance in top principal directions", [
+        ("served score PSI vs previous window (0.1 moderate, 0.25 large)", [("PSI", lambda r: r.score_psi, "-")]),
+        ("catalog coverage and popularity bias (share of live items; Gini 0..1)", [
+            ("coverage", lambda r: r.coverage, "-"), ("Gini", lambda r: r.gini, "--")]),
+        ("collapse: share of item variance in the top principal directions", [
             ("top 1", lambda r: r.variance_top1, "-"), ("top 5", lambda r: r.variance_top5, "--")]),
-        # Offline, "lag" is wall clock minus a recording's event time: not freshness. Show training instead.
-        ("freshness lag, event time -> upsert (s)", [
+        *([("freshness lag, event time -> index upsert (s)", [
             ("p50", lambda r: r.freshness_lag_ms and r.freshness_lag_ms.p50 / 1000, "-"),
-            ("p95", lambda r: r.freshness_lag_ms and r.freshness_lag_ms.p95 / 1000, "--")])
-        if any(s != OFFLINE_SOURCE for s in sources) else
-        ("training", [("model version (steps)", lambda r: r.model_version, "-")]),
-        ("index", [("items in index", lambda r: r.index_size, "-"), ("live items", lambda r: r.live_items, "--")]),
+            ("p95", lambda r: r.freshness_lag_ms and r.freshness_lag_ms.p95 / 1000, "--")])] if live else []),
+        ("training (model version = train steps)", [("model version", lambda r: r.model_version, "-")]),
+        ("index (items)", [("items in index", lambda r: r.index_size, "-"), ("live items", lambda r: r.live_items, "--")]),
     ]
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (name, series) in zip(axes, panels):
         for source in sources:
             mine = [r for r in reports if r.source == source]
@@ -213,7 +234,7 @@ def plot_reports(reports: Sequence[DriftReport], out: str | Path, title: str | N
             seen.add(c.detector)
     if seen:
         axes[0].legend(fontsize=8, loc="best")
-    for ax in axes[-2:]:
+    for ax in axes[len(panels) - 2:len(panels)]:
         ax.set_xlabel("event time (window end, UTC)" if by_event_time else "report time (UTC)")
         for lbl in ax.get_xticklabels():
             lbl.set_rotation(20)
@@ -227,15 +248,18 @@ def plot_reports(reports: Sequence[DriftReport], out: str | Path, title: str | N
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    from towerstream.drift import DriftSettings
+    from towerstream.recording import RecordingError
+    from towerstream.settings import Settings
+
     settings = Settings()
     try:
         reports = recorded_reports(args.recording, settings.topic_prefix)
         source = "recorded"
         if not reports:
-            overrides = {k: v for k, v in (("every_events", args.every_events), ("sample_rate", args.sample_rate))
-                         if v is not None}
+            overrides = {k: v for k, v in (("every_events", args.every_events), ("k", args.k)) if v is not None}
             reports = offline_reports(args.recording, settings, DriftSettings(), batch_size=args.batch_size,
-                                      **overrides)
+                                      warmup=args.warmup, **overrides)
             source = "offline"
         if not reports:
             print("error: the recording holds no drift reports and no interactions", file=sys.stderr)
@@ -245,5 +269,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     changes = sum(len(r.changes) for r in reports)
-    print(f"plotted={len(reports)} source={source} changes={changes} out={out}")
+    last = reports[-1]
+    hr = "-" if last.hit_rate_total is None else f"{last.hit_rate_total:.4f}"
+    print(f"plotted={len(reports)} source={source} changes={changes} HR@{last.k}={hr} out={out}")
     return 0

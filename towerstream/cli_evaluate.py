@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from towerstream.datasets import convert_movielens
-from towerstream.evaluation import DEFAULT_BATCH_SIZE, EvalReport, evaluate
-from towerstream.recording import iter_recording
-from towerstream.settings import Settings
+if TYPE_CHECKING:  # imported inside the commands, so that ``--help`` loads none of them
+    from towerstream.evaluation import EvalReport
+    from towerstream.settings import Settings
 
 
 def engine_config_for(settings: Settings, seed: int | None = None) -> Any:
@@ -29,6 +30,21 @@ def engine_config_for(settings: Settings, seed: int | None = None) -> Any:
     return EngineConfig(tower=tower, index_kind=settings.index_kind)
 
 
+@contextlib.contextmanager
+def evaluation_engine(settings: Settings, *, seed: int | None = None, data_dir: Path | None = None,
+                      config: Any = None) -> Iterator[Any]:
+    """The worker's Engine (same towers, index and cadence) in ``data_dir`` or a temporary directory."""
+    from towerstream.engine import Engine
+
+    config = config or engine_config_for(settings, seed)
+    with tempfile.TemporaryDirectory(prefix="towerstream-eval-") as tmp:
+        engine = Engine.open(Path(data_dir) if data_dir else Path(tmp), config)
+        try:
+            yield engine
+        finally:
+            engine.close()
+
+
 def evaluate_engine(
     recording: Path,
     *,
@@ -41,19 +57,16 @@ def evaluate_engine(
     settings: Settings | None = None,
 ) -> EvalReport:
     """Run the worker's Engine test-then-train over a recording (no Kafka)."""
-    from towerstream.engine import Engine
+    from towerstream.evaluation import evaluate
+    from towerstream.recording import iter_recording
+    from towerstream.settings import Settings
 
     settings = settings or Settings()
-    config = config or engine_config_for(settings, seed)
-    with tempfile.TemporaryDirectory(prefix="towerstream-eval-") as tmp:
-        engine = Engine.open(Path(data_dir) if data_dir else Path(tmp), config)
-        try:
-            return evaluate(
-                iter_recording(recording), engine, warmup=warmup, k=k,
-                batch_size=batch_size or settings.batch_max,
-            )  # fmt: skip
-        finally:
-            engine.close()
+    with evaluation_engine(settings, seed=seed, data_dir=data_dir, config=config) as engine:
+        return evaluate(
+            iter_recording(recording), engine, warmup=warmup, k=k,
+            batch_size=batch_size or settings.batch_max,
+        )  # fmt: skip
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -73,6 +86,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_movielens(args: argparse.Namespace) -> int:
+    from towerstream.datasets import convert_movielens
+
     counts = convert_movielens(Path(args.src), Path(args.output))
     print(json.dumps(counts))
     return 0
@@ -87,14 +102,14 @@ def register(sub: Any) -> None:
         "coverage and events/s.",
     )
     ev.add_argument("recording", help="JSON Lines recording (towerstream record / datasets)")
-    ev.add_argument("--warmup", type=float, default=0.5, help="fraction of interactions only learned (default 0.5)")
-    ev.add_argument("--k", type=int, default=10, help="list length scored (default 10)")
+    ev.add_argument("--warmup", type=float, default=0.5, help="fraction of interactions only learned")
+    ev.add_argument("--k", type=int, default=10, help="list length scored")
     ev.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
-                    help="write the report as JSON to PATH (no PATH: print JSON instead of the table)")
+                    help="write the report as JSON to PATH (no PATH: print JSON instead of the table; default: the table only)")
     ev.add_argument("--seed", type=int, default=None, help="model seed (default: settings.seed)")
     ev.add_argument("--data-dir", default=None, help="engine state directory (default: a temporary one)")
     ev.add_argument("--batch-size", type=int, default=None,
-                    help=f"micro-batch size (default: settings.batch_max, {DEFAULT_BATCH_SIZE})")
+                    help="micro-batch size (default: the worker's, TOWERSTREAM_BATCH_MAX)")
     ev.set_defaults(func=_cmd_evaluate)
 
     ds = sub.add_parser("datasets", help="convert public datasets into recordings")

@@ -12,19 +12,13 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import structlog
-from tqdm import tqdm
-
-from producers.errors import DeliveryError
-from producers.producer import DeliverySummary, EventProducer, produce_lines
-from producers.record import record
-from producers.replay import logical_name, replay
-from producers.topics import ensure_topics
-from towerstream.recording import RecordedRecord, RecordingError, iter_recording
-from towerstream.settings import TOPIC_NAMES, Settings
-from towerstream.synthetic import START, StreamSpec, generate
+if TYPE_CHECKING:  # imported inside the commands: ``--help`` must not load Kafka clients or numpy
+    from producers.producer import DeliverySummary, EventProducer
+    from towerstream.recording import RecordedRecord
+    from towerstream.settings import Settings
+    from towerstream.synthetic import StreamSpec
 
 #: Default interactions for ``produce generate --rate 0`` without ``--interactions``.
 UNPACED_INTERACTIONS = 100_000
@@ -41,42 +35,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         p.set_defaults(func=_cmd_produce_lines, kind=kind)
 
     g = psub.add_parser("generate", help="send a synthetic stream with planted structure")
-    g.add_argument("--users", type=int, default=200)
-    g.add_argument("--items", type=int, default=300)
+    g.add_argument("--users", type=int, default=200, help="distinct users (u0, u1, ...)")
+    g.add_argument("--items", type=int, default=300, help="catalog size (i0, i1, ...); a fifth arrive mid-stream")
     g.add_argument("--rate", type=float, default=100.0, help="interactions/s; 0 = as fast as possible")
-    g.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    g.add_argument("--duration", type=float, default=10.0, help="seconds to run")
     g.add_argument(
         "--interactions",
         type=int,
         default=None,
         help=f"how many (default rate*duration, or {UNPACED_INTERACTIONS} with --rate 0)",
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the generated stream (same seed, same events)")
     g.add_argument(
         "--keep-times",
         action="store_true",
         help="keep the generated 2024 event times (default: shift them to now)",
     )
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (never drawn when stderr is not a terminal)")
     _producer_flags(g)
     g.set_defaults(func=_cmd_generate)
 
     r = subparsers.add_parser("record", help="record topics to a JSON Lines file")
     r.add_argument("--topics", default="interactions,items,users", help="comma-separated logical names")
     r.add_argument("-o", "--out", required=True, help="output file, or - for stdout")
-    r.add_argument("--duration", type=float, default=None, help="stop after S seconds")
-    r.add_argument("--max-events", type=int, default=None, help="stop after N records")
+    r.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: no limit)")
+    r.add_argument("--max-events", type=int, default=None, help="stop after N records (default: no limit)")
     r.add_argument("--latest", action="store_true", help="only records arriving from now on")
     r.set_defaults(func=_cmd_record)
 
     rp = subparsers.add_parser("replay", help="replay a recording into Kafka")
     rp.add_argument("file", help="recording (JSON Lines), or - for stdin")
     pace = rp.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=None, help="times real time, by record timestamps")
+    pace.add_argument("--speed", type=float, default=None,
+                      help="times real time, by record timestamps (default: as fast as possible)")
     pace.add_argument("--max-speed", action="store_true", help="as fast as possible (the default)")
-    rp.add_argument("--from", dest="start", type=parse_time_ms, default=None, metavar="ISO_OR_MS")
-    rp.add_argument("--until", dest="until", type=parse_time_ms, default=None, metavar="ISO_OR_MS")
-    rp.add_argument("--no-progress", action="store_true")
+    rp.add_argument("--from", dest="start", type=parse_time_ms, default=None, metavar="ISO_OR_MS",
+                    help="first record time replayed, inclusive (default: the first record)")
+    rp.add_argument("--until", dest="until", type=parse_time_ms, default=None, metavar="ISO_OR_MS",
+                    help="record time to stop at, exclusive (default: the last record)")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar (never drawn when stderr is not a terminal)")
     _producer_flags(rp)
     rp.set_defaults(func=_cmd_replay)
 
@@ -98,6 +95,10 @@ def _settings() -> Settings:
     When no entry point has configured structlog yet, its default would print to
     stdout, so point it at stderr; a configuration made by the caller is left alone.
     """
+    import structlog
+
+    from towerstream.settings import Settings
+
     if not structlog.is_configured():
         factory = structlog.PrintLoggerFactory(file=_Stderr())  # type: ignore[arg-type]
         structlog.configure(logger_factory=factory)
@@ -109,9 +110,14 @@ def _producer_flags(p: argparse.ArgumentParser) -> None:
         "--delivery-timeout",
         type=float,
         default=20.0,
-        help="seconds before an unacknowledged record counts as failed (default 20)",
+        help="seconds before an unacknowledged record counts as failed",
     )
     p.add_argument("--no-create-topics", action="store_true", help="do not create missing topics")
+    p.add_argument("--worker-url", default=None,
+                   help="the worker whose /metrics says how many records were new or duplicates "
+                        "(default: http://TOWERSTREAM_WEB_HOST:TOWERSTREAM_WEB_PORT)")
+    p.add_argument("--wait-worker", type=float, default=10.0, metavar="S",
+                   help="wait up to S seconds for the worker to count what was sent (0: do not ask it)")
 
 
 def parse_time_ms(text: str) -> int:
@@ -138,11 +144,38 @@ def _producer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _finish(summary: DeliverySummary) -> int:
+def _finish(summary: DeliverySummary, watch: _WorkerWatch | None = None) -> int:
     print(summary.line())
     for err in summary.errors[:3]:
         print(f"  {err}", file=sys.stderr)
+    if watch is not None:
+        print(watch.report(summary.sent))
     return 0 if summary.ok else 1
+
+
+class _WorkerWatch:
+    """The worker's outcome counters for the topics sent to, read before the send and after it."""
+
+    def __init__(self, settings: Settings, args: argparse.Namespace, names: Any) -> None:
+        from producers.worker_counters import read_outcomes
+
+        base = args.worker_url or f"http://{settings.web_host}:{settings.web_port}"
+        self.url = base.rstrip("/") + "/metrics"
+        self.topics = [settings.topic(n) for n in names]
+        self.wait_s = args.wait_worker
+        self.before = read_outcomes(self.url, self.topics) if self.wait_s > 0 else None
+
+    def report(self, sent: int) -> str:
+        from producers.worker_counters import NO_WORKER_NOTE, Outcomes, describe, read_outcomes, wait_for_outcomes
+
+        if self.wait_s <= 0:
+            return f"worker: not asked (--wait-worker 0); {NO_WORKER_NOTE}"
+        if self.before is None or sent == 0:
+            return describe(None, False, self.url)
+        before: Outcomes = self.before
+        delta, complete = wait_for_outcomes(lambda: read_outcomes(self.url, self.topics), before, sent,
+                                            self.wait_s)
+        return describe(delta, complete, self.url)
 
 
 def _fail(exc: BaseException) -> int:
@@ -150,9 +183,13 @@ def _fail(exc: BaseException) -> int:
     return 1
 
 
-def _ensure(settings: Settings, args: argparse.Namespace, names: Any = TOPIC_NAMES) -> None:
+def _ensure(settings: Settings, args: argparse.Namespace, names: Any = None) -> None:
+    from producers.topics import ensure_topics
+    from towerstream.settings import TOPIC_NAMES
+
     if not args.no_create_topics:
-        ensure_topics(settings, names, timeout_ms=_producer_kwargs(args)["max_block_ms"])
+        ensure_topics(settings, TOPIC_NAMES if names is None else names,
+                      timeout_ms=_producer_kwargs(args)["max_block_ms"])
 
 
 def _open_in(path: str) -> IO[str]:
@@ -160,6 +197,9 @@ def _open_in(path: str) -> IO[str]:
 
 
 def _cmd_produce_lines(args: argparse.Namespace) -> int:
+    from producers.errors import DeliveryError
+    from producers.producer import EventProducer, produce_lines
+
     settings = _settings()
     try:
         fh = _open_in(args.file)
@@ -167,9 +207,10 @@ def _cmd_produce_lines(args: argparse.Namespace) -> int:
         return _fail(exc)
     try:
         _ensure(settings, args, [args.kind])
+        watch = _WorkerWatch(settings, args, [args.kind])
         with EventProducer(settings, **_producer_kwargs(args)) as prod:
             produce_lines(fh, args.kind, prod)
-        return _finish(prod.summary())
+        return _finish(prod.summary(), watch)
     except DeliveryError as exc:
         return _fail(exc)
     finally:
@@ -177,17 +218,13 @@ def _cmd_produce_lines(args: argparse.Namespace) -> int:
             fh.close()
 
 
-def _shifted(rec: RecordedRecord, offset_ms: int) -> RecordedRecord:
-    """Move a generated record's event time by ``offset_ms`` (value ``ts`` and record timestamp)."""
-    value = dict(rec.value) if isinstance(rec.value, dict) else rec.value
-    if isinstance(value, dict) and isinstance(value.get("ts"), int):
-        value["ts"] += offset_ms
-    ts = rec.timestamp + offset_ms if rec.timestamp is not None else None
-    return rec.model_copy(update={"value": value, "timestamp": ts})
-
-
 def _cmd_generate(args: argparse.Namespace) -> int:
     """Items and profiles first, then interactions paced at ``--rate`` until ``--duration``."""
+    from producers.errors import DeliveryError
+    from producers.producer import EventProducer
+    from towerstream.settings import TOPIC_NAMES
+    from towerstream.synthetic import StreamSpec, offset_to_now
+
     settings = _settings()
     if args.rate < 0 or args.duration <= 0:
         return _fail(ValueError("--rate must be >= 0 and --duration > 0"))
@@ -201,12 +238,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         spacing_s=1.0 / args.rate if args.rate > 0 else 1.0,
     )
-    offset_ms = 0 if args.keep_times else int(time.time() * 1000) - int(START.timestamp() * 1000)
+    offset_ms = 0 if args.keep_times else offset_to_now()
     try:
         _ensure(settings, args)
+        watch = _WorkerWatch(settings, args, TOPIC_NAMES)
         with EventProducer(settings, **_producer_kwargs(args)) as prod:
             _generate_into(prod, settings, spec, offset_ms, args)
-        return _finish(prod.summary())
+        return _finish(prod.summary(), watch)
     except DeliveryError as exc:
         return _fail(exc)
 
@@ -214,7 +252,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _generate_into(
     prod: EventProducer, settings: Settings, spec: StreamSpec, offset_ms: int, args: argparse.Namespace
 ) -> None:
-    disable = args.no_progress or not sys.stderr.isatty()
+    from tqdm import tqdm
+
+    from producers.replay import logical_name
+    from towerstream.synthetic import generate, shifted
+
+    from towerstream.logs import stream_is_terminal
+
+    disable = args.no_progress or not stream_is_terminal()
     start = time.monotonic()
     deadline = start + args.duration
     k = 0  # interactions sent so far
@@ -230,7 +275,7 @@ def _generate_into(
                     break
                 k += 1
                 bar.update(1)
-            rec = _shifted(rec, offset_ms)
+            rec = shifted(rec, offset_ms)
             prod.send_raw(
                 settings.topic(name),
                 rec.key.encode() if rec.key is not None else None,
@@ -240,6 +285,10 @@ def _generate_into(
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
+    from producers.errors import DeliveryError
+    from producers.record import record
+    from towerstream.settings import TOPIC_NAMES
+
     settings = _settings()
     topics = [t.strip() for t in args.topics.split(",") if t.strip()]
     unknown = [t for t in topics if t not in TOPIC_NAMES]
@@ -263,10 +312,17 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 def _checked(path: str) -> int:
     """Read the whole file once before sending, so a bad line stops the replay before it starts."""
+    from towerstream.recording import iter_recording
+
     return sum(1 for _ in iter_recording(path))
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from producers.errors import DeliveryError
+    from producers.replay import replay
+    from towerstream.recording import RecordingError, iter_recording
+    from towerstream.settings import TOPIC_NAMES
+
     settings = _settings()
     try:
         records: Any
@@ -275,6 +331,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         else:
             total = _checked(args.file)
             records = _Sized(iter_recording(args.file), total)
+        watch = _WorkerWatch(settings, args, TOPIC_NAMES)
         summary = replay(
             records,
             settings,
@@ -287,7 +344,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
     except (RecordingError, OSError, ValueError, DeliveryError) as exc:
         return _fail(exc)
-    return _finish(summary)
+    return _finish(summary, watch)
 
 
 class _Sized:

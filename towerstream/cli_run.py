@@ -10,17 +10,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from towerstream.broker import EmbeddedBroker, port_open
-from towerstream.processes import WorkerError, WorkerProcess
-from towerstream.replica_process import ReplicaProcess
-from towerstream.settings import Settings
+if TYPE_CHECKING:  # imported inside the commands, so that ``--help`` loads none of them
+    from towerstream.processes import WorkerProcess
+    from towerstream.settings import Settings
 
 
 @contextlib.contextmanager
 def kafka_for(settings: Settings) -> Iterator[Settings]:
     """Yield settings pointing at Kafka: the configured one, or an embedded Tansu we start and stop."""
+    from towerstream.broker import EmbeddedBroker, port_open
+
     if not settings.uses_embedded_broker:
         yield settings
         return
@@ -80,6 +81,9 @@ class Roles:
     def __init__(self, settings: Settings, replicas: int, log_path: Path | None) -> None:
         """``log_path``: the worker's log (replica ``i`` logs beside it, to ``replica-<i>.log``);
         ``None``: every process logs to our own terminal."""
+        from towerstream.processes import WorkerProcess
+        from towerstream.replica_process import ReplicaProcess
+
         self.settings = settings
         role = {"role": "train"} if replicas else {}
         self.worker = WorkerProcess(settings.model_copy(update=role), log_path=log_path,
@@ -133,6 +137,8 @@ class Roles:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from towerstream.settings import Settings
+
     settings = Settings()
     say_state(settings)
     with kafka_for(settings) as s:
@@ -178,9 +184,28 @@ def _start_fresh(data_dir: Path) -> None:
           + (" (removing the older copy that was there)" if replaced else ""), file=sys.stderr)
 
 
+def demo_stream(args: argparse.Namespace, now_ms: int | None = None) -> tuple[str, list[Any]]:
+    """The demo's records, stamped for a run starting at ``now_ms`` (default: now).
+
+    Event times follow the wall clock: the stream starts now and its interactions are spaced
+    as the demo sends them (``--rate``), so freshness lag reads in milliseconds, not years. The
+    run's start stamps its interaction ids, so a second demo into the same state is new events,
+    not duplicates of the first; no example in the README uses ids of this shape.
+    """
+    from towerstream.synthetic import StreamSpec, generate, offset_to_now, shifted
+
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    offset_ms = offset_to_now(now)
+    run = f"demo{now // 1000}-"
+    spec = StreamSpec(users=args.users, items=args.items, interactions=int(args.rate * args.duration),
+                      seed=args.seed, spacing_s=1.0 / args.rate if args.rate > 0 else 1.0, event_prefix=run)
+    return run, [shifted(rec, offset_ms) for rec in generate(spec)]
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from producers.producer import EventProducer
-    from towerstream.synthetic import StreamSpec, generate
+    from towerstream.processes import WorkerError
+    from towerstream.settings import Settings
 
     settings = Settings()
     data_dir = settings.data_dir
@@ -199,16 +224,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"starting {what} (logs: {log_path.parent}) ...", file=sys.stderr)
             say_reloaded(roles.wait_ready(timeout=120))
             url = f"{roles.serving_url}/recommend/u1?k=10"
-            spec = StreamSpec(users=args.users, items=args.items, interactions=int(args.rate * args.duration),
-                              seed=args.seed)
-            records = list(generate(spec))
+            run, records = demo_stream(args)
+            print(f"streaming {len(records)} events (interaction ids {run}e0 ...)", file=sys.stderr)
             from tqdm import tqdm
+
+            from towerstream.logs import stream_is_terminal
 
             with EventProducer(s) as prod:
                 start = time.monotonic()
                 sent_interactions = 0
                 printed = False
-                for rec in tqdm(records, desc="events", unit="ev", file=sys.stderr):
+                bar = tqdm(records, desc="events", unit="ev", file=sys.stderr, disable=not stream_is_terminal())
+                for rec in bar:
                     if rec.logical_topic() == "interactions":
                         if not printed:
                             prod.flush()
@@ -240,7 +267,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _replicas_flag(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--replicas", type=int, default=0, metavar="N",
-                   help=f"0 (default): {what} is one process that trains and answers. N > 0: it runs as the trainer "
+                   help=f"0: {what} is one process that trains and answers. N > 0: it runs as the trainer "
                         "(role train) on TOWERSTREAM_WEB_PORT and N serving replicas (towerstream serve) answer on "
                         "the next N ports")
 
@@ -253,11 +280,12 @@ def register(sub: Any) -> None:
                                      "versions for serving replicas, and answers no /recommend")
     t.set_defaults(func=cmd_train, replicas=0)
     d = sub.add_parser("demo", help="embedded broker + worker + a generated stream, with live recommendations")
-    d.add_argument("--users", type=int, default=500)
-    d.add_argument("--items", type=int, default=1000)
+    d.add_argument("--users", type=int, default=500, help="distinct users in the generated stream (u0, u1, ...)")
+    d.add_argument("--items", type=int, default=1000,
+                   help="catalog size (i0, i1, ...); a fifth of the items arrive mid-stream (cold start)")
     d.add_argument("--rate", type=float, default=200.0, help="interactions per second")
     d.add_argument("--duration", type=float, default=120.0, help="seconds of interactions to stream")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the generated stream (same seed, same events)")
     _replicas_flag(d, "the worker")
     d.add_argument("--fresh", action="store_true",
                    help="start from nothing: move the data dir's state aside first (to <data dir>.previous)")

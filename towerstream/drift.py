@@ -5,15 +5,25 @@ every ``every_events`` interactions (or ``every_s`` seconds, driven by the worke
 
 - **live test-then-train**: a deterministic sample of interactions (``crc32(event_id)`` below
   ``sample_rate``, so a replay scores the same ones) is scored *before* it is learned: HR@K of
-  the user's top-K (seen items excluded) against the item the user then took. Repeats (item
-  already in the user's history) cannot be hits and are skipped, as in ``evaluation``.
+  the user's top-K (seen items excluded) against the item the user then took, by the rule of
+  ``evaluation.PrequentialScorer``: repeats (item already in the user's history, or taken
+  earlier in the same batch) are skipped, and the user's earlier items of the batch are dropped
+  from the list. What stays different from ``towerstream evaluate`` is the history: live, the
+  whole batch is scored against the pre-batch history, while ``evaluate`` adds each event to
+  the user's history before that user's next event is scored (its module docstring says why).
+  With one event per user per batch, live traffic, the two are the same; a recording replayed
+  at full speed packs a user's session into one batch, and the live figure then reads lower
+  (ml-100k: ``docs/benchmarks.md``, "Drift plot and evaluate"). Offline, ``towerstream drift
+  plot`` takes every score from ``evaluation.evaluate`` itself (``probe``), so its hit rate
+  is the evaluation's.
 - **embedding space**: a persistent sample of live items (``track_items``) is re-embedded with
   the current item tower at each report: norm quantiles, mean cosine distance of the *same*
   items since the previous report and since the reference snapshot (this process's first
   report; a restarted worker takes a new one), and the collapse check, the share of variance
   in the top 1 / top 5 principal directions of the centred item vectors (mode collapse shows
   as one direction taking most of it). The towers L2-normalise their outputs, so norm
-  quantiles sit at 1.0; anything else means a broken tower (NaN, zero vectors).
+  quantiles sit at 1.0: they are a check for a broken tower (NaN, zero vectors), not a
+  trend, and ``drift plot`` draws no panel of them.
 - **served lists** (``observe_served``, any thread): PSI of model scores against the previous
   window (deciles of the previous window as bins), catalog coverage, and the Gini coefficient
   of recommendation counts over all live items (0 = every item equally often, near 1 = a few
@@ -58,6 +68,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from river import drift as river_drift
 
@@ -112,18 +123,24 @@ class DriftSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TOWERSTREAM_DRIFT_", env_file=None, frozen=True)
 
-    every_events: int = 2000
-    every_s: float = 30.0
-    sample_rate: float = 0.1
-    max_probes_per_batch: int = 64
-    k: int = 10
-    warmup_events: int = 1000
-    track_items: int = 1000
-    step_items: int = 256
-    hr_delta: float = 0.0005
-    shift_delta: float = 0.1
-    shift_threshold: float = 1.5
-    seed: int = 0
+    every_events: int = Field(default=2000, description="a drift report every this many interactions learned")
+    every_s: float = Field(default=30.0, description="...or every this many seconds, whichever comes first")
+    sample_rate: float = Field(default=0.1, description="share of interactions scored before they are learned "
+                               "(live HR@K; chosen by event id, so a replay scores the same ones)")
+    max_probes_per_batch: int = Field(default=64, description="sampled interactions scored per learned batch at "
+                                      "most (each costs a recommendation on the training thread)")
+    k: int = Field(default=10, description="list length of the live HR@K")
+    warmup_events: int = Field(default=1000, description="interactions learned before the change detectors arm "
+                               "(a model's own convergence is not drift)")
+    track_items: int = Field(default=1000, description="items re-embedded at each report (shift, norms, collapse)")
+    step_items: int = Field(default=256, description="items re-embedded after every batch for the shift detector")
+    hr_delta: float = Field(default=0.0005, description="ADWIN's delta for the hit-rate detector (smaller: fewer, "
+                            "surer alarms)")
+    shift_delta: float = Field(default=0.1, description="Page-Hinkley's per-step tolerance of the embedding-shift "
+                               "detector, in decades of per-batch movement")
+    shift_threshold: float = Field(default=1.5, description="Page-Hinkley's alarm threshold of the embedding-shift "
+                                   "detector, in cumulative decades")
+    seed: int = Field(default=0, description="seed of the tracked item sample")
 
     def config(self, **overrides: Any) -> DriftConfig:
         return DriftConfig(**{**self.model_dump(), **overrides})
@@ -366,40 +383,55 @@ class DriftMonitor:
     def _before_learn(self, engine: EngineLike, events: Sequence[Interaction]) -> ProbeResult:
         cfg = self.config
         res = ProbeResult()
-        probes: list[Interaction] = []
+        probes: list[tuple[Interaction, frozenset[str]]] = []  # with the user's earlier items of this batch
+        earlier: dict[str, list[str]] = {}
         for ev in events:
-            if not sampled(ev.event_id, cfg.sample_rate):
+            mine = earlier.setdefault(ev.user_id, [])
+            before = frozenset(mine)
+            mine.append(ev.item_id)
+            if len(probes) >= cfg.max_probes_per_batch or not sampled(ev.event_id, cfg.sample_rate):
                 continue
             urow, irow = engine.users.get(ev.user_id), engine.items.get(ev.item_id)
-            if urow is not None and irow is not None and irow in engine.seen_rows(urow):
+            if ev.item_id in before or (urow is not None and irow is not None and irow in engine.seen_rows(urow)):
                 continue  # a repeat cannot be recommended (seen items are excluded)
-            probes.append(ev)
-            if len(probes) >= cfg.max_probes_per_batch:
-                break
+            probes.append((ev, before))
         if not probes:
             return res
-        users = list(dict.fromkeys(ev.user_id for ev in probes))
-        answers = engine.recommend_many(users, cfg.k, exclude_seen=True)
-        lists = {u: [str(i) for i, _ in rec.items[: cfg.k]] for u, rec in zip(users, answers)}
-        armed = self.events_total >= cfg.warmup_events
+        # ``evaluation.PrequentialScorer``'s rule: every event of the batch is scored against the
+        # pre-batch model, with the user's earlier items of the batch dropped from the list first,
+        # so ask for enough to keep K after that.
+        users = list(dict.fromkeys(ev.user_id for ev, _ in probes))
+        depth = cfg.k + max(len(before) for _, before in probes)
+        answers = engine.recommend_many(users, depth, exclude_seen=True)
+        lists = {u: [str(i) for i, _ in rec.items] for u, rec in zip(users, answers)}
         at_ms = max(epoch_ms(ev.ts) for ev in events)
-        for ev in probes:
-            hit = float(ev.item_id in lists[ev.user_id])
+        for ev, before in probes:
+            top = [i for i in lists[ev.user_id] if i not in before][: cfg.k]
+            hit = ev.item_id in top
             res.scored += 1
             res.hits += int(hit)
-            if armed:
-                change = self.hr_detector.update(hit)
-                if change is not None:
-                    self._w_changes.append(ChangePoint(detector="hit_rate", at_event=self.events_total,
-                                                       at_ms=at_ms, before=change[0], after=change[1]))
-        self._w_probes += res.scored
-        self._w_hits += res.hits
-        self.probes_total += res.scored
-        self.hits_total += res.hits
+            self._account_probe(hit, at_ms)
         if cfg.probes_as_served:
             for rec in answers:
                 self.observe_served(rec)
         return res
+
+    def probe(self, ev: Interaction, hit: bool) -> None:
+        """One event scored by someone else's test-then-train (``evaluation.evaluate``'s scorer)."""
+        with self._hooks:
+            self._account_probe(hit, epoch_ms(ev.ts))
+
+    def _account_probe(self, hit: bool, at_ms: int) -> None:
+        """Count one scored event, and feed the hit-rate detector once it is armed."""
+        self._w_probes += 1
+        self._w_hits += int(hit)
+        self.probes_total += 1
+        self.hits_total += int(hit)
+        if self.events_total >= self.config.warmup_events:
+            change = self.hr_detector.update(float(hit))
+            if change is not None:
+                self._w_changes.append(ChangePoint(detector="hit_rate", at_event=self.events_total,
+                                                   at_ms=at_ms, before=change[0], after=change[1]))
 
     def after_learn(self, engine: EngineLike, events: Sequence[Interaction], result: Any) -> DriftReport | None:
         """Account the batch, feed the shift detector, and build a report when the event cadence is due."""
@@ -617,22 +649,51 @@ def monitor_stream(
         yield from monitor.drain()
 
 
+def _f(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+#: ``drift tail``'s columns: title (with its unit), width, and the value of a report.
+_COLUMNS: tuple[tuple[str, int, Callable[[DriftReport], str]], ...] = (
+    ("source", 14, lambda r: r.source),
+    ("report", 6, lambda r: str(r.seq)),
+    ("model_v", 8, lambda r: str(r.model_version)),
+    ("events", 8, lambda r: str(r.events_total)),
+    ("+window", 7, lambda r: f"+{r.events}"),
+    ("HR@K", 5, lambda r: _f(r.hit_rate)),
+    ("hits/probes", 11, lambda r: f"{r.hits}/{r.probes}"),
+    ("shift_prev", 10, lambda r: _f(r.item_shift_prev, ".4f")),
+    ("shift_ref", 9, lambda r: _f(r.item_shift_ref, ".4f")),
+    ("PSI", 5, lambda r: _f(r.score_psi)),
+    ("coverage", 8, lambda r: _f(r.coverage)),
+    ("Gini", 5, lambda r: _f(r.gini)),
+    ("top1_var", 8, lambda r: _f(r.variance_top1)),
+    ("index", 7, lambda r: str(r.index_size)),
+    ("lag_p50_s", 9, lambda r: _f(r.freshness_lag_ms.p50 / 1000 if r.freshness_lag_ms else None)),
+)
+
+_LEGEND = (
+    "events: interactions learned (total, +this window)",
+    "HR@K: share of scored interactions whose item was in the model's top K before it was learned "
+    "(K: the report's k); hits/probes: its counts",
+    "shift_prev/shift_ref: mean cosine distance (0..2) of the same item vectors since the previous / first report",
+    "PSI: served scores vs the previous window (0.1 moderate, 0.25 large)",
+    "coverage: share of live items in any served list; Gini: 0 even .. 1 concentrated",
+    "top1_var: share of item variance in the top principal direction; index: items in the index",
+    "lag_p50_s: event time -> index upsert, median, in seconds",
+    "'-': not computable for the window; CHANGE[...]: a detector fired",
+)
+#: Printed once by ``drift tail`` before the first report: column titles, then what they mean.
+REPORT_HEADER = "\n".join([" ".join(title.rjust(width) for title, width, _ in _COLUMNS),
+                            *(f"# {line}" for line in _LEGEND)])
+
+
 def report_line(rep: DriftReport | Mapping[str, Any]) -> str:
-    """One compact line per report (``towerstream drift tail``)."""
+    """One line per report, in ``REPORT_HEADER``'s columns (``towerstream drift tail``)."""
     r = rep if isinstance(rep, DriftReport) else DriftReport.model_validate(rep)
-
-    def f(x: float | None, fmt: str = ".3f") -> str:
-        return "-" if x is None else format(x, fmt)
-
     flags = [c.detector for c in r.changes]
-    lag = f(r.freshness_lag_ms.p50 if r.freshness_lag_ms else None, ".0f")
-    return (
-        f"{r.source} #{r.seq} v{r.model_version} ev={r.events_total}(+{r.events}) "
-        f"HR@{r.k}={f(r.hit_rate)} ({r.hits}/{r.probes}) shift={f(r.item_shift_prev, '.4f')}/"
-        f"{f(r.item_shift_ref, '.4f')} psi={f(r.score_psi)} cov={f(r.coverage)} gini={f(r.gini)} "
-        f"top1={f(r.variance_top1)} idx={r.index_size} lag50={lag}ms"
-        + (f" CHANGE[{','.join(dict.fromkeys(flags))}]" if r.change else "")
-    )
+    return (" ".join(get(r).rjust(width) for _, width, get in _COLUMNS)
+            + (f"  CHANGE[{','.join(dict.fromkeys(flags))}]" if r.change else ""))
 
 
 DETECTORS: tuple[DetectorName, ...] = ("hit_rate", "item_shift")

@@ -145,11 +145,14 @@ class PrequentialScorer:
     def is_repeat(self, ev: Interaction) -> bool:
         return ev.item_id in self.seen.get(ev.user_id, ())
 
-    def score(self, ev: Interaction, ranked: Sequence[str]) -> None:
-        """Score ``ranked`` (best first) for ``ev``; the user's earlier items are dropped first."""
+    def score(self, ev: Interaction, ranked: Sequence[str]) -> bool | None:
+        """Score ``ranked`` (best first) for ``ev``; the user's earlier items are dropped first.
+
+        Returns whether the item was in the top K (``None``: a repeat, not scored).
+        """
         if self.is_repeat(ev):
             self.n_repeats += 1
-            return
+            return None
         seen = self.seen.get(ev.user_id, set())
         top = [i for i in ranked if i not in seen][: self.long_k]
         rank = top.index(ev.item_id) if ev.item_id in top else -1
@@ -164,6 +167,7 @@ class PrequentialScorer:
         self.recommended.update(top[: self.k])
         self.n_scored += 1
         self.n_cold += int(cold)
+        return bool(hit_k)
 
     def observe(self, ev: Interaction) -> None:
         """Record the interaction as history (after it was scored)."""
@@ -187,6 +191,20 @@ def _decode(rec: RecordedRecord) -> ItemUpsert | ItemDelete | UserProfile | Inte
     return event  # None for other topics (requests, dead letters...): not part of the stream
 
 
+class EvalObserver(Protocol):
+    """Watches an evaluation (``towerstream drift plot`` draws its reports from one, so that the
+    plot's hit rate is this evaluation's, event for event)."""
+
+    def probe(self, ev: Interaction, hit: bool) -> None:
+        """``ev`` was scored (after the warm-up, not a repeat): ``hit``, its item was in the top K."""
+
+    def observe_served(self, recommendations: Any) -> None:
+        """One list the model answered for scoring."""
+
+    def after_learn(self, model: Any, events: Sequence[Interaction], result: Any) -> Any:
+        """The micro-batch ``events`` was learned; ``result`` is what ``learn`` returned."""
+
+
 def evaluate(
     records: Iterable[RecordedRecord],
     model: StreamingRecommender,
@@ -195,6 +213,7 @@ def evaluate(
     k: int = 10,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Any = None,
+    observer: EvalObserver | None = None,
 ) -> EvalReport:
     """Test-then-train over ``records``; the first ``warmup`` fraction of interactions is only learned.
 
@@ -225,9 +244,14 @@ def evaluate(
             answers = model.recommend_many(users, scorer.depth + extra, exclude_seen=True)
             t_rec += time.perf_counter() - t0
             lists = {u: ranked_ids(a) for u, a in zip(users, answers)}
+            if observer is not None:
+                for a in answers:
+                    observer.observe_served(a)
         for pos, ev in chunk:
             if pos >= n_warm:
-                scorer.score(ev, lists[ev.user_id])
+                hit = scorer.score(ev, lists[ev.user_id])
+                if observer is not None and hit is not None:
+                    observer.probe(ev, hit)
             scorer.observe(ev)
             catalog.add(ev.item_id)
 
@@ -255,8 +279,10 @@ def evaluate(
                 observe([ev for _, ev in rounds[r]])
                 t_learn += time.perf_counter() - t0
         t0 = time.perf_counter()
-        model.learn(list(pending))
+        result = model.learn(list(pending))
         t_learn += time.perf_counter() - t0
+        if observer is not None:
+            observer.after_learn(model, list(pending), result)
         done += len(pending)
         pending.clear()
         if progress is not None:

@@ -104,6 +104,15 @@ def install_repeat_filter(window_s: float, on_suppressed: Callable[[str], None] 
     return _LIMITER
 
 
+def stream_is_terminal(stream: Any = None) -> bool:
+    """Whether ``stream`` (default ``sys.stderr``) is a terminal: colour and progress bars only then."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed, or a file-like object without isatty
+        return False
+
+
 def configure_logging(level: str = "info", json: bool = True, *, cache: bool = True,
                       repeat_window_s: float = 10.0) -> None:
     """Logs go to stderr (stdout stays free for data, e.g. ``record -o -``).
@@ -116,8 +125,9 @@ def configure_logging(level: str = "info", json: bool = True, *, cache: bool = T
     # kafka-python narrates every connection at INFO; keep its warnings and errors only.
     logging.getLogger("kafka").setLevel(max(lvl, logging.WARNING))
     install_repeat_filter(repeat_window_s)
+    # Colour only for a person at a terminal: redirected logs (files, pipes) get no ANSI codes.
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=stream_is_terminal())
     )
     structlog.configure(
         processors=[

@@ -8,6 +8,7 @@ jump to another cluster part-way (a planted drift).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,6 +39,31 @@ class StreamSpec:
     seed: int = 0
     #: Emit user profile records before the interactions.
     profiles: bool = True
+    #: Put in front of every interaction's event id (``e<n>``): a demo run stamps its own, so a
+    #: second run into the same worker is new events, not duplicates of the first.
+    event_prefix: str = ""
+
+
+def offset_to_now(now_ms: int | None = None) -> int:
+    """Milliseconds that move the generated stream's start (``START``) to now.
+
+    Why: the worker measures freshness (event time -> index upsert) and rejects times more than
+    a day ahead; a stream stamped 2024 reads as years of lag. The demo and ``produce generate``
+    both shift by this.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return now - int(START.timestamp() * 1000)
+
+
+def shifted(rec: RecordedRecord, offset_ms: int) -> RecordedRecord:
+    """Move a generated record's event time by ``offset_ms`` (value ``ts`` and record timestamp)."""
+    if not offset_ms:
+        return rec
+    value = dict(rec.value) if isinstance(rec.value, dict) else rec.value
+    if isinstance(value, dict) and isinstance(value.get("ts"), int):
+        value["ts"] += offset_ms
+    ts = rec.timestamp + offset_ms if rec.timestamp is not None else None
+    return rec.model_copy(update={"value": value, "timestamp": ts})
 
 
 def item_cluster(item_index: int, clusters: int) -> int:
@@ -111,7 +137,7 @@ def generate(spec: StreamSpec) -> Iterator[RecordedRecord]:
         i = pool[int(rng.choice(len(pool), p=p))] if rng.random() < 0.8 else pool[-1 - int(rng.integers(0, min(5, len(pool))))]
         kind = _KINDS[int(rng.integers(0, len(_KINDS)))]
         ev = Interaction(
-            event_id=f"e{n}",
+            event_id=f"{spec.event_prefix}e{n}",
             user_id=f"u{u}",
             item_id=f"i{i}",
             kind=kind,  # type: ignore[arg-type]

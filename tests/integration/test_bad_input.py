@@ -2,7 +2,7 @@
 
 Every malformed record lands in the dead-letter topic with its original bytes, its source
 topic/partition/offset and a readable reason, and is counted by kind; the worker keeps going.
-Duplicates and unknown ids are not errors: they follow the policies in the README's "Choices"
+Duplicates and unknown ids are not errors: they follow the policies in docs/operations.md, "Policies"
 (applied once and counted; trained but not recommendable; ignored and counted).
 The same bodies over HTTP get a 4xx with a message, never a 500.
 """

@@ -16,7 +16,7 @@ from producers.topics import ensure_topics
 from tests.conftest import worker_settings
 from towerstream.broker import EmbeddedBroker
 from towerstream.cli_drift import tail
-from towerstream.drift import report_line
+from towerstream.drift import REPORT_HEADER, report_line
 from towerstream.events.drift import DriftReport
 from towerstream.processes import WorkerProcess, http_json
 from towerstream.synthetic import StreamSpec, generate
@@ -80,10 +80,13 @@ def test_worker_emits_drift_reports_and_gauges(broker: EmbeddedBroker, topic_pre
         assert served > 0 and any(r.served_lists and r.coverage is not None for r in reports)
         assert any(r.item_norm is not None and r.variance_top1 is not None for r in reports)
 
-        # ``towerstream drift tail --from-beginning --max N`` prints one line per report, in order.
+        # ``towerstream drift tail --from-beginning --max N`` prints the header, then one line per report.
         out = io.StringIO()
         n = tail(s, out, from_beginning=True, max_reports=len(reports), duration_s=15)
+        header = REPORT_HEADER.splitlines()
         lines = out.getvalue().splitlines()
+        assert lines[: len(header)] == header and "lag_p50_s" in header[0]
+        lines = lines[len(header):]
         assert n == len(lines) == len(reports)
         assert sorted(lines) == sorted(report_line(r) for r in reports)
 
