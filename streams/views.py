@@ -177,16 +177,18 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
         engine = runtime.engine
         stats = engine.stats() if engine is not None else {}
         monitor = runtime.monitor
-        last = monitor.recent[-1] if monitor is not None and monitor.recent else None
-        fresh = last.freshness_lag_ms if last is not None else None
+        # The newest window that upserted anything (an idle window has no freshness to tell).
+        fresh = next((r.freshness_lag_ms for r in reversed(monitor.recent) if r.freshness_lag_ms is not None), None) \
+            if monitor is not None else None
+        state = "serving" if runtime.serving_ready else (engine.status if engine is not None else "starting")
         return _json({
-            "role": s.role, "ready": runtime.serving_ready, "state": runtime.state,
+            "role": s.role, "ready": runtime.serving_ready, "state": state,
             "answers": s.role != "train",
             "model_version": int(stats["model_version"]) if stats else None,
             "items": int(stats.get("items_indexed", 0)), "users": int(stats.get("users_known", 0)),
             "interactions": int(stats.get("trained_total", 0)), "lag": runtime.lag.summary()["total"],
             "freshness_s": fresh.p50 / 1000 if fresh is not None else None,
-            "freshness_what": "event time to index upsert, median of the last drift window",
+            "freshness_what": "event time to index upsert, median of the newest drift window with upserts",
         })
 
     async def drift(request: Request) -> Response:
