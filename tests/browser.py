@@ -106,7 +106,7 @@ class Page:
 async def chromium_page() -> AsyncIterator[Page]:
     """A headless Chromium with one blank tab (Runtime, Log and Page events on); stopped after."""
     profile = tempfile.mkdtemp(prefix="towerstream-chromium-")
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once per test; the reads below go to a thread
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
          "--disable-extensions", "--disable-background-networking", "--disable-component-update",
          "--disable-dev-shm-usage", "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],

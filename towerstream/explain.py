@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from towerstream.events.recommend import Filters, HistoryNeighbour, ItemField, ScoredItem, ScoreParts
+from towerstream.events.recommend import (
+    Filters,
+    HistoryNeighbour,
+    ItemField,
+    ScoredItem,
+    ScoreParts,
+)
 from towerstream.replica_model import item_tower_output
 
 __all__ = ["NEAREST_SHOWN", "filter_reasons", "nearest_history", "place_in", "score_parts", "scored_items"]

@@ -56,7 +56,10 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
 
         def settled() -> dict[str, Any] | None:
             _, t = trainer.health()
-            _, r = http_json(replica.base_url + "/healthz", timeout=10)
+            try:
+                _, r = http_json(replica.base_url + "/healthz", timeout=10)
+            except OSError:  # not listening yet
+                return None
             published = (t.get("published") or {}).get("version") if isinstance(t, dict) else None
             if (isinstance(t, dict) and t.get("trained_total", 0) >= SPEC.interactions and isinstance(r, dict)
                     and r.get("ready") and r.get("items") == SPEC.items and published and r.get("version") == published):

@@ -99,8 +99,8 @@ def test_a_replicas_explanation_adds_up_to_the_answer(served: tuple[Replica, Log
         near = ex.nearest_history
         assert near and {h.item_id for h in near} <= set(history)
 
-        def cos(a: str) -> float:
-            va, vb = log.vectors[1][a], x
+        def cos(a: str, vb: np.ndarray = x) -> float:
+            va = log.vectors[1][a]
             ua, ub = va[:-1] / np.sqrt(1 - va[-1] ** 2), vb[:-1] / np.sqrt(1 - vb[-1] ** 2)
             return float(ua @ ub)
 
