@@ -20,18 +20,21 @@ from typing import Any
 import numpy as np
 import pytest
 
+from producers.producer import EventProducer
 from producers.topics import ensure_topics
 from tests.browser import chromium_page
 from tests.conftest import worker_settings
-from tests.integration.test_spine import produce_stream, wait_for
+from tests.integration.test_spine import wait_for
 from towerstream.broker import EmbeddedBroker
+from towerstream.cli_produce import _shifted
 from towerstream.processes import WorkerProcess, http_json
 from towerstream.settings import Settings
 from towerstream.synthetic import StreamSpec, generate, make_item
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
-SPEC = StreamSpec(users=40, items=120, interactions=3000, late_items=0.0, seed=5)
+#: 3000 interactions 10 ms apart, stamped to end now (``produce_near_now``): freshness reads seconds.
+SPEC = StreamSpec(users=40, items=120, interactions=3000, late_items=0.0, seed=5, spacing_s=0.01)
 #: Drift reports often enough that the charts have points within the test.
 DRIFT_ENV = {"TOWERSTREAM_DRIFT_EVERY_S": "1", "TOWERSTREAM_DRIFT_EVERY_EVENTS": "500",
              "TOWERSTREAM_DRIFT_WARMUP_EVENTS": "200"}
@@ -45,17 +48,29 @@ def worker(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> 
     ensure_topics(settings)
     w = WorkerProcess(settings, log_path=data / "worker.log", extra_env=DRIFT_ENV).start()
     w.wait_ready(90)
-    produce_stream(settings, SPEC)
+    produce_near_now(settings, SPEC)
     wait_for(w, lambda b: b.get("trained_total", 0) >= SPEC.interactions and b.get("items_indexed", 0) >= SPEC.items
              and b.get("untrained_events") == 0)
     yield settings, w
     w.kill()
 
 
-def titles() -> dict[str, tuple[str, list[str]]]:
+def produce_near_now(settings: Settings, spec: StreamSpec) -> None:
+    """The generated stream (its times start in 2024) moved to end now, as ``produce generate`` moves it."""
+    records = list(generate(spec))
+    offset_ms = int(time.time() * 1000) - max(r.timestamp or 0 for r in records)
+    with EventProducer(settings) as prod:
+        for rec in (_shifted(r, offset_ms) for r in records):
+            prod.send_raw(settings.topic(rec.logical_topic()), rec.key.encode() if rec.key else None,
+                          rec.value_bytes(), timestamp_ms=rec.timestamp)
+        summary = prod.flush(timeout=30)
+    assert summary.failed == 0, summary.errors
+
+
+def titles(spec: StreamSpec = SPEC) -> dict[str, tuple[str, list[str]]]:
     """item id -> (title, categories) as the stream last gave them."""
     out: dict[str, tuple[str, list[str]]] = {}
-    for rec in generate(SPEC):
+    for rec in generate(spec):
         if rec.logical_topic() == "items" and rec.value is not None:
             out[rec.value["item_id"]] = (rec.value["title"], list(rec.value["categories"]))
     return out

@@ -26,12 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from producers.topics import ensure_topics
 from tests.browser import chromium_page
 from tests.conftest import worker_settings
+from tests.integration.test_page import titles
 from tests.integration.test_spine import produce_stream
 from tests.waiting import wait_for
 from towerstream.broker import EmbeddedBroker, free_port
 from towerstream.processes import WorkerProcess, http_json
 from towerstream.replica_process import ReplicaProcess
-from towerstream.synthetic import StreamSpec, generate
+from towerstream.synthetic import StreamSpec
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
@@ -73,22 +74,14 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
         trainer.kill()
 
 
-def shown() -> dict[str, tuple[str, list[str]]]:
-    out: dict[str, tuple[str, list[str]]] = {}
-    for rec in generate(SPEC):
-        if rec.logical_topic() == "items" and rec.value is not None:
-            out[rec.value["item_id"]] = (rec.value["title"], sorted(rec.value["categories"]))
-    return out
-
-
 def test_the_replicas_answers_carry_the_posted_titles_and_explain_themselves(
         stack: tuple[WorkerProcess, ReplicaProcess]) -> None:
     _, replica = stack
-    items = shown()
+    items = titles(SPEC)
     status, body = http_json(f"{replica.base_url}/recommend/u2?k=10", timeout=10)
     assert status == 200 and body["source"] == "model" and body["score_scale"] == "cosine", body
     for it in body["items"]:
-        assert (it["title"], sorted(it["categories"])) == items[it["item_id"]], it
+        assert (it["title"], it["categories"]) == items[it["item_id"]], it
     status, bare = http_json(f"{replica.base_url}/recommend/u2?k=10&fields=categories", timeout=10)
     assert status == 200 and all("title" not in it and "categories" in it for it in bare["items"]), bare
     top = body["items"][1]

@@ -16,6 +16,7 @@ import pytest
 
 from tests.unit.replica_log import Log, interactions, item_id, trainer, user_id
 from tests.unit.test_engine import SMALL, click, item
+from tests.unit.test_replica import feed_all
 from towerstream.engine import Engine
 from towerstream.events import Filters, Interaction, RecommendResponse
 from towerstream.events.recommend import RECOMMEND_SCHEMA_VERSION, RecommendRequest
@@ -33,10 +34,7 @@ def served() -> tuple[Replica, Log, list[Interaction]]:
     log = Log()
     log.publish(tr, 1, N_USERS)
     rep = Replica()
-    rep.apply_model_records(log.model)
-    for recs in log.items:
-        rep.apply_item_records(recs)
-    rep.apply_interactions(events)
+    feed_all(rep, log, events)
     assert rep.version == 1
     return rep, log, events
 
