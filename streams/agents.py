@@ -24,7 +24,7 @@ from streams.decoding import decode_all
 from streams.runtime import WorkerRuntime
 from streams.training_queue import TrainingQueue, _train_observed, commit_observed
 from towerstream.engine import SourcePos
-from towerstream.events import RecommendResponse, decode_interaction, decode_item, decode_user, encode
+from towerstream.events import decode_interaction, decode_item, decode_user, encode
 from towerstream.events.recommend import RecommendRequest
 
 log = structlog.get_logger(__name__)
@@ -189,17 +189,7 @@ def _register_other_agents(app: faust.App, runtime: WorkerRuntime, topics: dict[
             except (ValueError, TypeError) as exc:  # TypeError: a tombstone (no value)
                 await runtime.dead_letter(msg, str(exc).splitlines()[0][:500], "invalid")
                 continue
-            k = min(req.k, s.max_k)
-            rec = await runtime.serve(
-                engine.recommend, req.user_id, k, exclude_seen=req.exclude_seen, filters=req.filters,
-                contexts=[req.context] if req.context else None,
-            )
-            resp = RecommendResponse(
-                request_id=req.request_id, user_id=req.user_id,
-                items=[{"item_id": i, "score": sc} for i, sc in rec.items],  # type: ignore[misc]
-                source=rec.source, fallback_reason=rec.fallback_reason,
-                model_version=engine.model_version, served_at_ms=int(time.time() * 1000),
-            )
+            rec, resp = await runtime.serve(engine.respond, req, s.max_k)
             if runtime.monitor is not None:
                 runtime.monitor.observe_served(rec)
             target = app.topic(req.reply_to) if req.reply_to else topics["recommend-responses"]

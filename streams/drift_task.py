@@ -19,6 +19,7 @@ import faust
 import structlog
 from prometheus_client import Counter, Gauge
 
+from streams.http_api import DRIFT_KEPT
 from streams.runtime import WorkerRuntime
 from towerstream.drift import DETECTORS, QUANTILES, DriftMonitor, DriftSettings, ProbeResult
 from towerstream.engine import Engine
@@ -78,10 +79,13 @@ def export(report: DriftReport) -> None:
 
 
 class ExportingMonitor:
-    """The runtime's hook: the pure monitor, plus live test-then-train counters per batch."""
+    """The runtime's hook: the pure monitor, plus live test-then-train counters per batch, and
+    the newest reports (``recent``, for ``GET /drift``: the page charts what this process knows)."""
 
-    def __init__(self, monitor: DriftMonitor) -> None:
+    def __init__(self, monitor: DriftMonitor, source: str = "") -> None:
         self.monitor = monitor
+        self.source = source
+        self.recent: deque[DriftReport] = deque(maxlen=DRIFT_KEPT)
 
     def before_learn(self, engine: Engine, events: Sequence[Interaction]) -> ProbeResult:
         res = self.monitor.before_learn(engine, events)
@@ -107,7 +111,7 @@ def register_drift(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
     cfg = DriftSettings().config()
     app_id = runtime.settings.app_id
     monitor = DriftMonitor(cfg, source=app_id)
-    runtime.monitor = ExportingMonitor(monitor)
+    exporting = runtime.monitor = ExportingMonitor(monitor, app_id)
     topic = topics["drift-metrics"]
     key = app_id.encode()
     unsent: deque[DriftReport] = deque(maxlen=1000)
@@ -119,6 +123,7 @@ def register_drift(app: faust.App, runtime: WorkerRuntime, topics: dict[str, Any
             await runtime.run(_report_if_due, monitor, engine, cfg.every_s)
         for report in monitor.drain():
             export(report)  # gauges at once, even while the broker is away
+            exporting.recent.append(report)
             unsent.append(report)
             log.info("drift_report", seq=report.seq, events=report.events, hit_rate=report.hit_rate,
                      change=report.change, detectors=[c.detector for c in report.changes])

@@ -8,9 +8,11 @@ errors (4xx with a message, never a 500).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,14 +22,20 @@ from pydantic import TypeAdapter, ValidationError
 from streams import metrics
 from towerstream.events import Filters
 from towerstream.events.base import ExternalId
+from towerstream.events.drift import DriftReport
 from towerstream.events.recommend import RecommendRequest
 from towerstream.settings import Settings
 
-USER_ID: TypeAdapter[str] = TypeAdapter(ExternalId)
+EXTERNAL_ID: TypeAdapter[str] = TypeAdapter(ExternalId)
 
 Request = web.Request
 Response = web.Response
 Handler = Callable[[Request], Awaitable[Response]]
+
+#: The page ``GET /`` serves: one self-contained file (no build step, nothing fetched from elsewhere).
+PAGE = Path(__file__).with_name("page.html")
+#: Drift reports a process keeps for ``GET /drift`` (the page's charts): at the 30 s default cadence, 3 hours.
+DRIFT_KEPT = 360
 
 
 class HttpError(Exception):
@@ -105,12 +113,18 @@ def parse_k(s: Settings, raw: str | None) -> int:
 
 
 def get_request(s: Settings, user_id: str, q: MultiMapping[str]) -> RecommendRequest:
-    """``GET /recommend/<user>?k=..&include_category=..&ctx.device=..`` -> the request model."""
+    """``GET /recommend/<user>?k=..&include_category=..&ctx.device=..&fields=title,categories`` -> the request model.
+
+    ``fields`` names the item fields the answer carries (comma-separated); ``fields=`` (empty)
+    asks for ids and scores only; absent, every field.
+    """
     k = parse_k(s, q.get("k"))
     context: dict[str, str | float | int | bool] = {key[4:]: val for key, val in q.items() if key.startswith("ctx.")}
+    fields = q.get("fields")
+    extra: dict[str, Any] = {} if fields is None else {"fields": [f.strip() for f in fields.split(",") if f.strip()]}
     try:
         return RecommendRequest(
-            user_id=USER_ID.validate_python(user_id), k=min(k, 1000),
+            user_id=EXTERNAL_ID.validate_python(user_id), k=min(k, 1000),
             exclude_seen=q.get("exclude_seen", "true").lower() not in ("0", "false", "no"),
             filters=Filters(
                 include_categories=q.getall("include_category", []),
@@ -118,10 +132,18 @@ def get_request(s: Settings, user_id: str, q: MultiMapping[str]) -> RecommendReq
                 exclude_items=q.getall("exclude_item", []),
                 exclude_creators=q.getall("exclude_creator", []),
             ),
-            context=context,
+            context=context, **extra,
         )
     except ValidationError as exc:
         raise HttpError(400, errors_text(exc)) from None
+
+
+def item_id_of(raw: str) -> str:
+    """An item id from a path (400 if it is not an id)."""
+    try:
+        return EXTERNAL_ID.validate_python(raw)
+    except ValidationError as exc:
+        raise HttpError(400, "item_id: " + errors_text(exc)) from None
 
 
 async def post_request(s: Settings, request: Request) -> RecommendRequest:
@@ -145,3 +167,27 @@ async def errors_as_json(request: Request, handler: Callable[[Request], Awaitabl
         if exc.status < 400:
             raise
         return json_response({"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status)
+
+
+@functools.cache
+def _page_bytes() -> bytes:
+    return PAGE.read_bytes()
+
+
+def page_response() -> Response:
+    """``GET /``: the page for a person (it reads ``/overview``, ``/recommend`` and ``/drift``)."""
+    return web.Response(body=_page_bytes(), content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+
+def drift_response(source: str, reports: Iterable[DriftReport], q: MultiMapping[str]) -> Response:
+    """``GET /drift?n=..``: the newest ``n`` drift reports this process built, oldest first."""
+    raw = q.get("n")
+    try:
+        n = DRIFT_KEPT if raw is None else int(raw)
+    except ValueError:
+        raise HttpError(400, f"n must be an integer, got {raw[:50]!r}") from None
+    if not 1 <= n <= DRIFT_KEPT:
+        raise HttpError(400, f"n must be between 1 and {DRIFT_KEPT}")
+    kept = list(reports)[-n:]
+    return json_response({"source": source, "reports": [r.model_dump(mode="json") for r in kept]})

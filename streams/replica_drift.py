@@ -14,12 +14,14 @@ import asyncio
 import math
 import socket
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
 import structlog
 from prometheus_client import Counter, Gauge
 
+from streams.http_api import DRIFT_KEPT
 from towerstream.drift import DriftConfig, ServedLists
 from towerstream.events import RecommendResponse, encode
 from towerstream.events.drift import DriftReport
@@ -54,6 +56,8 @@ class ReplicaDrift:
         self.served = ServedLists(config.max_scores, config.psi_bins)
         self.seq = 0
         self.topic = settings.topic("drift-metrics")
+        #: The newest reports, for ``GET /drift`` (the page's charts).
+        self.recent: deque[DriftReport] = deque(maxlen=DRIFT_KEPT)
 
     def observe(self, resp: RecommendResponse) -> None:
         self.served.observe([(x.item_id, x.score) for x in resp.items], resp.source == "model")
@@ -79,6 +83,7 @@ class ReplicaDrift:
         SERVED_COVERAGE.set(_v(rep.coverage))
         SERVED_GINI.set(_v(rep.gini))
         SERVED_REPORTS.inc()
+        self.recent.append(rep)
         return rep
 
     async def run(self, producer: Any) -> None:

@@ -41,7 +41,8 @@ from streams import replica_metrics as rm
 from streams.dead_letters import send_dead_letter
 from streams.follow import FollowState
 from streams.health import Health
-from streams.http_api import HttpError, check_auth_header, errors_as_json, get_request, guarded, json_response, post_request
+from streams.http_api import HttpError, check_auth_header, drift_response, errors_as_json, get_request, guarded
+from streams.http_api import item_id_of, json_response, page_response, post_request
 from streams.kafka_auth import aiokafka_kwargs
 from streams.log_bounds import probe_highwaters
 from streams.replica_drift import ReplicaDrift
@@ -414,6 +415,23 @@ class ReplicaServer:
                 raise HttpError(404, f"no live item {item_id[:200]!r} in version {self.replica.status().get('version')}")
             return json_response(found)
 
+        async def explain(request: web.Request) -> web.Response:
+            check_read(request)
+            req = get_request(s, request.match_info["user_id"], request.query)
+            got = self.replica.explain(req, item_id_of(request.match_info["item_id"]))
+            return web.Response(body=got.model_dump_json().encode(), content_type="application/json")
+
+        async def overview(request: web.Request) -> web.Response:
+            check_read(request)
+            return json_response(self.overview())
+
+        async def drift(request: web.Request) -> web.Response:
+            check_read(request)
+            return drift_response(self.drift.source, self.drift.recent, request.query)
+
+        async def page(request: web.Request) -> web.Response:
+            return page_response()
+
         async def healthz(request: web.Request) -> web.Response:
             return self.healthz()
 
@@ -424,12 +442,25 @@ class ReplicaServer:
         app = web.Application(middlewares=[errors_as_json])
         for method, path, fn in (("GET", "/recommend/{user_id}", recommend_get), ("POST", "/recommend", recommend_post),
                                  ("GET", "/items/{item_id}", item), ("GET", "/healthz", healthz),
-                                 ("GET", "/metrics", metrics_page)):
+                                 ("GET", "/metrics", metrics_page), ("GET", "/explain/{user_id}/{item_id}", explain),
+                                 ("GET", "/overview", overview), ("GET", "/drift", drift), ("GET", "/", page)):
             app.router.add_route(method, path, guarded(path, fn))
         return app
 
     def _answer(self, req: RecommendRequest) -> web.Response:
         return web.Response(body=self.recommend(req).model_dump_json().encode(), content_type="application/json")
+
+    def overview(self) -> dict[str, Any]:
+        """What the page shows besides answers and charts (the same keys as the worker's)."""
+        st = self._status()
+        behind = [ms for ms in self.follow.behind_ms().values() if ms is not None]
+        return {
+            "role": "replica", "ready": self.ready, "state": "serving" if self.ready else "starting",
+            "answers": True, "model_version": st.get("version"), "items": st.get("items", 0),
+            "users": st.get("users", 0), "interactions": sum(self.follow.positions(INTERACTIONS).values()),
+            "lag": sum(self.follow.lag().values()), "freshness_s": max(behind) / 1000 if behind else None,
+            "freshness_what": "newest followed record time to now, the furthest behind topic",
+        }
 
     def healthz(self) -> web.Response:
         st = self._status()

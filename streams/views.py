@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -25,11 +25,15 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from streams import metrics
 from streams.http_api import HttpError, check_auth_header as _check_auth_header, errors_as_json as _errors_as_json
 from streams.http_api import errors_text as _errors, get_request as _get_request, guarded as _guarded
+from streams.http_api import drift_response, item_id_of, page_response
 from streams.http_api import json_response as _json, post_request as _post_request
 from streams.http_api import read_body as _read_body
 from streams.runtime import WorkerRuntime
-from towerstream.events import Interaction, ItemEvent, RecommendResponse, UserProfile, encode
+from towerstream.events import Interaction, ItemEvent, UserProfile, encode
 from towerstream.events.recommend import RecommendRequest
+
+if TYPE_CHECKING:
+    from towerstream.engine import Engine
 
 log = structlog.get_logger(__name__)
 
@@ -64,27 +68,30 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
     async def answer(req: RecommendRequest) -> Response:
         return web.Response(body=await answer_body(req), content_type="application/json")
 
-    async def answer_body(req: RecommendRequest) -> bytes:
+    def serving_engine() -> Engine:
         if s.role == "train":
             raise HttpError(404, TRAINER_ANSWERS_NOT)
         if runtime.engine is None:
             raise HttpError(503, "worker is starting")
-        engine = runtime.engine
+        return runtime.engine
+
+    async def answer_body(req: RecommendRequest) -> bytes:
+        engine = serving_engine()
         t0 = time.perf_counter()
-        rec = await runtime.serve(
-            engine.recommend, req.user_id, req.k, exclude_seen=req.exclude_seen, filters=req.filters,
-            contexts=[req.context] if req.context else None,
-        )
+        rec, resp = await runtime.serve(engine.respond, req)
         metrics.RECOMMEND_SECONDS.labels(rec.source).observe(time.perf_counter() - t0)
         if runtime.monitor is not None:
             runtime.monitor.observe_served(rec)
-        resp = RecommendResponse(
-            request_id=req.request_id, user_id=req.user_id,
-            items=[{"item_id": i, "score": sc} for i, sc in rec.items],  # type: ignore[misc]
-            source=rec.source, fallback_reason=rec.fallback_reason,
-            model_version=engine.model_version, served_at_ms=int(time.time() * 1000),
-        )
         return resp.model_dump_json().encode()
+
+    async def explain(request: Request) -> Response:
+        check_auth(request, write=False)
+        req = get_request(request.match_info["user_id"], request.query)
+        item_id = item_id_of(request.match_info["item_id"])
+        engine = serving_engine()
+        got = await runtime.serve(engine.explain, req.user_id, item_id, req.k, exclude_seen=req.exclude_seen,
+                                  filters=req.filters, context=req.context or None)
+        return web.Response(body=got.model_dump_json().encode(), content_type="application/json")
 
     def get_request(user_id: str, q: MultiMapping[str]) -> RecommendRequest:
         return _get_request(s, user_id, q)
@@ -164,15 +171,45 @@ def build_web_app(runtime: WorkerRuntime, deliver: Deliver) -> web.Application:
             body["status"] = "degraded: " + "; ".join(f"{k}: {v['reason']}" for k, v in sorted(conditions.items()))
         return _json(body, status=200 if ok else 503)
 
+    async def overview(request: Request) -> Response:
+        """What the page shows besides answers and charts (the same keys as a replica's)."""
+        check_auth(request, write=False)
+        engine = runtime.engine
+        stats = engine.stats() if engine is not None else {}
+        monitor = runtime.monitor
+        # The newest window that upserted anything (an idle window has no freshness to tell).
+        fresh = next((r.freshness_lag_ms for r in reversed(monitor.recent) if r.freshness_lag_ms is not None), None) \
+            if monitor is not None else None
+        state = "serving" if runtime.serving_ready else (engine.status if engine is not None else "starting")
+        return _json({
+            "role": s.role, "ready": runtime.serving_ready, "state": state,
+            "answers": s.role != "train",
+            "model_version": int(stats["model_version"]) if stats else None,
+            "items": int(stats.get("items_indexed", 0)), "users": int(stats.get("users_known", 0)),
+            "interactions": int(stats.get("trained_total", 0)), "lag": runtime.lag.summary()["total"],
+            "freshness_s": fresh.p50 / 1000 if fresh is not None else None,
+            "freshness_what": "event time to index upsert, median of the newest drift window with upserts",
+        })
+
+    async def drift(request: Request) -> Response:
+        check_auth(request, write=False)
+        monitor = runtime.monitor
+        return drift_response(s.app_id, monitor.recent if monitor is not None else (), request.query)
+
+    async def page(request: Request) -> Response:
+        return page_response()
+
     async def metrics_page(request: Request) -> Response:
         """towerstream's metrics, and Faust's when its sensor is on (``FAUST_METRICS``): one registry."""
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application(middlewares=[_errors_as_json])
     for method, path, fn in (("GET", "/recommend/{user_id}", recommend_get), ("POST", "/recommend", recommend_post),
+                             ("GET", "/explain/{user_id}/{item_id}", explain),
                              ("POST", "/interactions", post_interactions), ("POST", "/items", post_items),
                              ("POST", "/users", post_users), ("GET", "/healthz", healthz),
-                             ("GET", "/metrics", metrics_page)):
+                             ("GET", "/metrics", metrics_page), ("GET", "/overview", overview),
+                             ("GET", "/drift", drift), ("GET", "/", page)):
         app.router.add_route(method, path, guarded(path, fn))
     return app
 

@@ -34,6 +34,8 @@ from towers import TowerConfig, TwoTowerTrainer
 from towerstream.events import Filters, Interaction, ItemDelete, ItemUpsert, UserProfile
 from towerstream.events.base import epoch_ms
 from towerstream.events.codec import item_from_dict
+from towerstream.events.recommend import Explanation, RecommendRequest, RecommendResponse, score_scale
+from towerstream.explain import filter_reasons, nearest_history, place_in, score_parts, scored_items
 
 log = structlog.get_logger(__name__)
 
@@ -897,6 +899,20 @@ class Engine:
                     break
         return picked
 
+    def _embed_users(self, urows: np.ndarray, ctx: Sequence[Mapping[str, Any]] | None) -> np.ndarray:
+        """User rows ``(B,)`` -> ``(B, D)`` user vectors, as serving reads them."""
+        if int(urows.max()) < self.trainer.user_capacity():
+            # Not under the engine lock: a train step holds it for 100-400 ms. The forward reads
+            # weights the optimizer may be updating in place (a query can mix two steps'
+            # weights); tables grow by replacement, never in place, so reads stay valid. A
+            # copy of the weights per step would end the mixing but the id tables are most of
+            # them (tens of MB at 100k items and users), copied as long as a step takes; a
+            # serving replica answers from one published version instead.
+            return self.trainer.embed_users(urows, ctx)
+        # A user created since the last train step: the tables must grow.
+        with self.lock:
+            return self.trainer.embed_users(urows, ctx)
+
     def recommend_many(
         self,
         user_ids: Sequence[str],
@@ -925,18 +941,7 @@ class Engine:
         if model_idx and reason is None:
             urows = np.array([rows[n] for n in model_idx], dtype=np.int64)
             ctx = [dict(contexts[n]) if contexts else {} for n in model_idx] if contexts else None
-            if int(urows.max()) < self.trainer.user_capacity():
-                # Not under the engine lock: a train step holds it for 100-400 ms. The forward reads
-                # weights the optimizer may be updating in place (a query can mix two steps'
-                # weights); tables grow by replacement, never in place, so reads stay valid. A
-                # copy of the weights per step would end the mixing but the id tables are most of
-                # them (tens of MB at 100k items and users), copied as long as a step takes; a
-                # serving replica answers from one published version instead.
-                uvec = self.trainer.embed_users(urows, ctx)
-            else:
-                # A user created since the last train step: the tables must grow.
-                with self.lock:
-                    uvec = self.trainer.embed_users(urows, ctx)
+            uvec = self._embed_users(urows, ctx)
             has_filters = filters is not None and bool(
                 filters.include_categories or filters.exclude_categories or filters.exclude_creators)
             if (filters is not None and filters.include_categories
@@ -969,6 +974,80 @@ class Engine:
 
     def recommend(self, user_id: str, k: int = 10, **kw: Any) -> Recommendations:
         return self.recommend_many([user_id], k, **kw)[0]
+
+    def respond(self, req: RecommendRequest, k: int | None = None) -> tuple[Recommendations, RecommendResponse]:
+        """The answer to a request (``k`` bounds ``req.k``), as the engine gives it and as the schema
+        says it: the items with the fields asked for, the scale of their scores."""
+        rec = self.recommend(req.user_id, min(req.k, k) if k else req.k, exclude_seen=req.exclude_seen,
+                             filters=req.filters, contexts=[req.context] if req.context else None)
+        shown = None
+        if req.fields and rec.items:
+            shown = [(sh[0], sh[1]) if sh is not None else None for sh in self.item_shown([i for i, _ in rec.items])]
+        return rec, RecommendResponse(
+            request_id=req.request_id, user_id=req.user_id, items=scored_items(rec.items, shown, req.fields),
+            source=rec.source, fallback_reason=rec.fallback_reason, model_version=self.model_version,
+            served_at_ms=int(time.time() * 1000), score_scale=score_scale(rec.source, "decayed_interactions"),
+        )
+
+    def item_shown(self, item_ids: Sequence[str]) -> list[tuple[str | None, list[str], str | None] | None]:
+        """``(title, categories, creator)`` per item as its last upsert gave them, ``None`` for one
+        not live: one RocksDB MultiGet for all of them, no scan."""
+        out: list[tuple[str | None, list[str], str | None] | None] = []
+        for raw in self.store.get_many(["item:" + i for i in item_ids]):
+            rec = json.loads(raw) if raw is not None else None
+            ev = rec.get("event") if isinstance(rec, dict) and not rec.get("deleted") else None
+            out.append((ev.get("title"), list(ev.get("categories") or ()), ev.get("creator"))
+                       if isinstance(ev, dict) else None)
+        return out
+
+    def _indexed(self, rows: Sequence[int]) -> list[np.ndarray | None]:
+        """The indexed vectors ``(D,)`` of these rows, ``None`` for one the index lacks."""
+        try:
+            return list(self.index.get(np.asarray(rows, dtype=np.int64))) if len(rows) else []
+        except UnknownId:
+            out: list[np.ndarray | None] = []
+            for r in rows:
+                try:
+                    out.append(self.index.get(np.asarray([r], dtype=np.int64))[0])
+                except UnknownId:
+                    out.append(None)
+            return out
+
+    def explain(self, user_id: str, item_id: str, k: int = 10, *, exclude_seen: bool = True,
+                filters: Filters | None = None, context: Mapping[str, Any] | None = None) -> Explanation:
+        """Why ``item_id`` is or is not in ``recommend``'s answer for these arguments: its rank, the
+        model's score and its parts, the filters that leave it out, the user's nearest history items."""
+        version = self.model_version
+        rec = self.recommend(user_id, k, exclude_seen=exclude_seen, filters=filters,
+                             contexts=[context] if context else None)
+        rank, answer_score = place_in(rec.items, item_id)
+        row = self.items.get(item_id)
+        live = row is not None and self._is_live(row)
+        shown = self.item_shown([item_id])[0] if live else None
+        urow = self.users.get(user_id)
+        if urow is None and context:
+            urow = self._anon_row
+        seen = exclude_seen and urow is not None and row is not None and row in self.seen_rows(urow)
+        filtered = (["not live"] if shown is None else
+                    filter_reasons(item_id, shown[1], shown[2], filters or Filters(), seen))
+        parts, nearest = None, []
+        if rec.source == "model" and row is not None and shown is not None and urow is not None:
+            x = self._indexed([row])[0]
+            if x is not None:
+                parts = score_parts(self._embed_users(np.array([urow], dtype=np.int64),
+                                                      [dict(context)] if context else None)[0], x)
+                hist = [int(r) for r in self.trainer.history(urow).tolist() if r >= 0]
+                ids = self.items.external(hist)
+                titles = {i: sh[0] for i, sh in zip(ids, self.item_shown(ids)) if sh is not None}
+                nearest = nearest_history(x, ids, self._indexed(hist), titles.get)
+        return Explanation(
+            user_id=user_id, item_id=item_id, title=shown[0] if shown else None,
+            categories=shown[1] if shown else [], creator=shown[2] if shown else None, model_version=version,
+            source=rec.source, fallback_reason=rec.fallback_reason, rank=rank, k=k, answer_score=answer_score,
+            score_scale=score_scale(rec.source, "decayed_interactions"),
+            model_score=parts.model + parts.exploration if parts is not None else None, parts=parts,
+            filtered_by=filtered, nearest_history=nearest,
+        )
 
     @property
     def untrained_events(self) -> int:

@@ -22,14 +22,15 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import structlog
 
 from index_store.errors import UnknownId
 from towerstream.events import Filters, Interaction, RecommendResponse, ScoredItem
-from towerstream.events.recommend import RecommendRequest
+from towerstream.events.recommend import Explanation, ItemField, RecommendRequest, score_scale
+from towerstream.explain import filter_reasons, nearest_history, place_in, score_parts, scored_items
 from towerstream.published import (
     VERSION_KEY, ItemVector, ModelPart, VersionComplete, decode_item_vector, decode_model_part, join_parts,
 )
@@ -338,34 +339,87 @@ class Replica:
     def recommend(self, req: RecommendRequest, *, now_ms: int | None = None) -> RecommendResponse:
         """Top ``req.k`` at the active version, as the worker answers (seen items and business
         filters applied inside the search), or popularity with a ``fallback_reason``."""
-        act = self._active  # once: everything below uses this version only
+        return self._recommend(self._active, req, now_ms)  # once: everything below uses this version only
+
+    def _recommend(self, act: _Active | None, req: RecommendRequest, now_ms: int | None) -> RecommendResponse:
         k = max(1, min(req.k, self.max_k))
         f = req.filters
-        seen_n = min(self.seen_limit, act.model.seen_limit) if act is not None else self.seen_limit
         excluded = set(f.exclude_items)
         if req.exclude_seen:
-            excluded.update(self._histories.recent(req.user_id, seen_n))
+            excluded.update(self._histories.recent(req.user_id, self._seen_n(act)))
         picked: list[tuple[str, float]] | None = None
-        reason: str | None = None
-        if act is None:
-            reason = "no model version yet"
-        elif len(act.items) == 0:
-            reason = "index empty"
-        else:
+        reason = self._no_model_reason(act, req)
+        if act is not None and reason is None:
             history = self._histories.recent(req.user_id, act.model.history_len)
-            if not history and not act.model.knows(req.user_id) and not req.context:
-                reason = "unknown user"
-            else:
-                uvec = act.model.embed_user(req.user_id, act.items.vectors(history), req.context or None)
-                picked = self._search(act.items, uvec, k, excluded, f)
+            uvec = act.model.embed_user(req.user_id, act.items.vectors(history), req.context or None)
+            picked = self._search(act.items, uvec, k, excluded, f)
         if picked is None:
             picked = self._popular(act, k, excluded, f)
+        source: Literal["model", "popularity"] = "model" if reason is None else "popularity"
         return RecommendResponse(
-            request_id=req.request_id, user_id=req.user_id,
-            items=[ScoredItem(item_id=i, score=s) for i, s in picked],
-            source="model" if reason is None else "popularity", fallback_reason=reason,
-            model_version=act.version if act is not None else 0,
+            request_id=req.request_id, user_id=req.user_id, items=self._shown(act, picked, req.fields),
+            source=source, fallback_reason=reason, model_version=act.version if act is not None else 0,
             served_at_ms=now_ms if now_ms is not None else int(time.time() * 1000),
+            score_scale=score_scale(source, "interactions"),
+        )
+
+    def _seen_n(self, act: _Active | None) -> int:
+        return min(self.seen_limit, act.model.seen_limit) if act is not None else self.seen_limit
+
+    def _no_model_reason(self, act: _Active | None, req: RecommendRequest) -> str | None:
+        """Why the model cannot answer this request (popularity does), ``None`` if it can."""
+        if act is None:
+            return "no model version yet"
+        if len(act.items) == 0:
+            return "index empty"
+        if (not req.context and not act.model.knows(req.user_id)
+                and not self._histories.recent(req.user_id, act.model.history_len)):
+            return "unknown user"
+        return None
+
+    def _info(self, act: _Active | None, item_id: str) -> ItemInfo | None:
+        """A live item's info: of the active version, or (before the first switch) as last published."""
+        if act is None:
+            return self._catalog.get(item_id)
+        r = act.items.live_row(item_id)
+        return act.items.info[r] if r is not None else None
+
+    def _shown(self, act: _Active | None, picked: list[tuple[str, float]], fields: Sequence[ItemField]) -> list[ScoredItem]:
+        """The answer's items with the fields asked for: a dict lookup per item, no scan."""
+        infos = [self._info(act, i) for i, _ in picked] if fields else []
+        return scored_items(picked, [(f.title, f.categories) if f is not None else None for f in infos], fields)
+
+    def explain(self, req: RecommendRequest, item_id: str, *, now_ms: int | None = None) -> Explanation:
+        """Why ``item_id`` is or is not in the answer to ``req``: its rank, the model's score and its
+        parts, the filters that leave it out, and the user's history items nearest to it."""
+        act = self._active  # once, as in recommend: the answer and the scores are of one version
+        answer = self._recommend(act, req, now_ms)
+        rank, answer_score = place_in(((it.item_id, it.score) for it in answer.items), item_id)
+        info = self._info(act, item_id)
+        seen = req.exclude_seen and item_id in self._histories.recent(req.user_id, self._seen_n(act))
+        filtered = (["not live"] if info is None else
+                    filter_reasons(item_id, info.categories, info.creator, req.filters, seen))
+        parts, nearest = None, []
+        if act is not None and info is not None and self._no_model_reason(act, req) is None:
+            history = self._histories.recent(req.user_id, act.model.history_len)
+            vectors = act.items.vectors([item_id, *history])
+            x = vectors[0]
+            if x is not None:
+                uvec = act.model.embed_user(req.user_id, vectors[1:], req.context or None)
+                parts = score_parts(uvec, x)
+
+                def title_of(i: str) -> str | None:
+                    got = self._info(act, i)
+                    return got.title if got is not None else None
+
+                nearest = nearest_history(x, history, vectors[1:], title_of)
+        return Explanation(
+            user_id=req.user_id, item_id=item_id, title=info.title if info else None,
+            categories=list(info.categories) if info else [], creator=info.creator if info else None,
+            model_version=answer.model_version, source=answer.source, fallback_reason=answer.fallback_reason,
+            rank=rank, k=max(1, min(req.k, self.max_k)), answer_score=answer_score, score_scale=answer.score_scale or "cosine",
+            model_score=parts.model + parts.exploration if parts is not None else None, parts=parts,
+            filtered_by=filtered, nearest_history=nearest,
         )
 
     def user_vector(self, user_id: str, context: Mapping[str, object] | None = None) -> tuple[int, np.ndarray] | None:
@@ -432,16 +486,10 @@ class Replica:
     def _popular(self, act: _Active | None, k: int, excluded: set[str], f: Filters) -> list[tuple[str, float]]:
         """The most interacted-with live items passing the filters; then never-interacted ones, by item id."""
 
-        def info_of(item_id: str) -> ItemInfo | None:
-            if act is None:
-                return self._catalog.get(item_id)
-            r = act.items.live_row(item_id)
-            return act.items.info[r] if r is not None else None
-
         def ok(item_id: str) -> bool:
             if item_id in excluded:
                 return False
-            info = info_of(item_id)
+            info = self._info(act, item_id)
             return info is not None and _passes(info, f)
 
         out: list[tuple[str, float]] = []
@@ -465,11 +513,8 @@ class Replica:
     def item(self, item_id: str) -> dict[str, Any] | None:
         """``{"item_id", "version", "categories", "creator", "title"}`` of a live item of the active version."""
         act = self._active
-        if act is None:
-            return None
-        r = act.items.live_row(item_id)
-        info = act.items.info[r] if r is not None else None
-        if info is None:
+        info = self._info(act, item_id) if act is not None else None
+        if act is None or info is None:
             return None
         return {"item_id": item_id, "version": act.version, "categories": list(info.categories),
                 "creator": info.creator, "title": info.title}

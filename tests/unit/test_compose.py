@@ -88,3 +88,59 @@ def test_one_trainer_and_two_replicas_with_real_commands(compose: dict[str, Any]
     host_ports = [str(p).split(":")[0] for n, c in commands.items() if c == "serve"
                   for p in compose["services"][n]["ports"]]
     assert len(set(host_ports)) == 2
+
+
+# ----- Prometheus and Grafana ----------------------------------------------------------------------
+DEPLOY = COMPOSE.parent / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "towerstream.json"
+
+
+def _bind_mounts(svc: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> the repository file or folder bound there (``./x:/y[:ro]``)."""
+    out = {}
+    for v in svc.get("volumes") or []:
+        parts = str(v).split(":")
+        if parts[0].startswith("./"):
+            out[parts[1]] = COMPOSE.parent / parts[0]
+    return out
+
+
+def test_prometheus_scrapes_the_trainer_and_every_replica(compose: dict[str, Any]) -> None:
+    prom = compose["services"]["prometheus"]
+    mounts = _bind_mounts(prom)
+    config_path = next(a.split("=", 1)[1] for a in prom["command"] if a.startswith("--config.file="))
+    assert config_path in mounts and mounts[config_path].is_file(), mounts
+    config = YAML(typ="safe").load(mounts[config_path].read_text())
+    jobs = {j["job_name"]: {t for sc in j["static_configs"] for t in sc["targets"]} for j in config["scrape_configs"]}
+    assert all(j.get("metrics_path", "/metrics") == "/metrics" for j in config["scrape_configs"])
+    parser = build_parser()
+    want: dict[str, set[str]] = {"trainer": set(), "replicas": set()}
+    for name, svc in _towerstream_services(compose).items():
+        env = {k[12:].lower(): str(v) for k, v in (svc.get("environment") or {}).items()}
+        job = "trainer" if parser.parse_args(svc["command"][1:]).command == "train" else "replicas"
+        want[job].add(f"{name}:{Settings(**env).web_port}")  # type: ignore[arg-type]
+    assert jobs == want
+
+
+def test_grafana_has_prometheus_and_the_dashboard_provisioned(compose: dict[str, Any]) -> None:
+    graf = compose["services"]["grafana"]
+    mounts = _bind_mounts(graf)
+    prov = mounts["/etc/grafana/provisioning"]
+    sources = YAML(typ="safe").load((prov / "datasources" / "prometheus.yml").read_text())["datasources"]
+    prom_port = compose["services"]["prometheus"]["ports"][0].split(":")[-1]
+    assert [(d["type"], d["url"]) for d in sources] == [("prometheus", f"http://prometheus:{prom_port}")]
+    providers = YAML(typ="safe").load((prov / "dashboards" / "towerstream.yml").read_text())["providers"]
+    folder = providers[0]["options"]["path"]
+    assert mounts[folder].resolve() == DASHBOARD.parent.resolve()
+    home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{folder}/{DASHBOARD.name}"
+    import json
+
+    dash = json.loads(DASHBOARD.read_text())
+    uids = {d["uid"] for d in sources}
+    targets = [t for p in dash["panels"] for t in p.get("targets", [])]
+    assert targets and all(t["datasource"]["uid"] in uids and t["expr"] for t in targets)
+    # The issue's six subjects each have a panel.
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for subject in ("throughput", "lag", "freshness", "latency", "hit rate", "dead letters"):
+        assert subject in titles, subject
