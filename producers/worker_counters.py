@@ -71,7 +71,7 @@ def parse_outcomes(text: str, topics: Iterable[str]) -> Outcomes:
 def read_outcomes(url: str, topics: Iterable[str], timeout_s: float = 2.0) -> Outcomes | None:
     """The worker's counters now, or ``None`` when nothing answers at ``url`` (``.../metrics``)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - our own worker's URL
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return parse_outcomes(resp.read().decode("utf-8", "replace"), list(topics))
     except (urllib.error.URLError, OSError, ValueError):
         return None

@@ -166,7 +166,13 @@ class _WorkerWatch:
         self.before = read_outcomes(self.url, self.topics) if self.wait_s > 0 else None
 
     def report(self, sent: int) -> str:
-        from producers.worker_counters import NO_WORKER_NOTE, Outcomes, describe, read_outcomes, wait_for_outcomes
+        from producers.worker_counters import (
+            NO_WORKER_NOTE,
+            Outcomes,
+            describe,
+            read_outcomes,
+            wait_for_outcomes,
+        )
 
         if self.wait_s <= 0:
             return f"worker: not asked (--wait-worker 0); {NO_WORKER_NOTE}"
@@ -255,9 +261,8 @@ def _generate_into(
     from tqdm import tqdm
 
     from producers.replay import logical_name
-    from towerstream.synthetic import generate, shifted
-
     from towerstream.logs import stream_is_terminal
+    from towerstream.synthetic import generate, shifted
 
     disable = args.no_progress or not stream_is_terminal()
     start = time.monotonic()

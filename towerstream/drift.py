@@ -674,8 +674,8 @@ _COLUMNS: tuple[tuple[str, int, Callable[[DriftReport], str]], ...] = (
 
 _LEGEND = (
     "events: interactions learned (total, +this window)",
-    "HR@K: share of scored interactions whose item was in the model's top K before it was learned "
-    "(K: the report's k); hits/probes: its counts",
+    ("HR@K: share of scored interactions whose item was in the model's top K before it was learned "
+     "(K: the report's k); hits/probes: its counts"),
     "shift_prev/shift_ref: mean cosine distance (0..2) of the same item vectors since the previous / first report",
     "PSI: served scores vs the previous window (0.1 moderate, 0.25 large)",
     "coverage: share of live items in any served list; Gini: 0 even .. 1 concentrated",

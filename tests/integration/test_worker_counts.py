@@ -35,7 +35,7 @@ def run_cli(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def worker_line(out: str) -> dict[str, int]:
-    m = re.search(r"^worker: applied=(\d+) duplicates=(\d+) dead_letters=(\d+) stale=(\d+)", out, re.M)
+    m = re.search(r"^worker: applied=(\d+) duplicates=(\d+) dead_letters=(\d+) stale=(\d+)", out, re.MULTILINE)
     assert m, out
     return {"applied": int(m[1]), "duplicates": int(m[2]), "dead_letters": int(m[3]), "stale": int(m[4])}
 

@@ -18,12 +18,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def demo_args(**kw: float) -> argparse.Namespace:
-    base = dict(users=50, items=80, rate=200.0, duration=5.0, seed=0)
+    base = {"users": 50, "items": 80, "rate": 200.0, "duration": 5.0, "seed": 0}
     return argparse.Namespace(**{**base, **kw})
 
 
 def test_event_times_start_now_and_follow_the_send_rate() -> None:
-    run, records = demo_stream(demo_args(), now_ms=NOW_MS)
+    _, records = demo_stream(demo_args(), now_ms=NOW_MS)
     events = [decode_record(r) for r in records]
     times = [epoch_ms(e.ts) for e in events]
     assert min(times) == NOW_MS  # the catalog and profiles, at the start
@@ -37,8 +37,8 @@ def test_event_times_start_now_and_follow_the_send_rate() -> None:
 
 def test_each_run_has_its_own_event_ids_and_the_readme_uses_none_of_them() -> None:
     run_a, a = demo_stream(demo_args(), now_ms=NOW_MS)
-    run_b, b = demo_stream(demo_args(), now_ms=NOW_MS + 60_000)
-    ids = lambda recs: {r.value["event_id"] for r in recs if r.topic == "interactions"}  # noqa: E731
+    _, b = demo_stream(demo_args(), now_ms=NOW_MS + 60_000)
+    ids = lambda recs: {r.value["event_id"] for r in recs if r.topic == "interactions"}
     assert ids(a) and not ids(a) & ids(b)
     assert all(i.startswith(run_a) for i in ids(a))
     readme_ids = set(re.findall(r'"event_id"\s*:\s*"([^"]+)"', README.read_text()))
