@@ -69,7 +69,6 @@ class ScoredItem(_RecommendModel):
 
     item_id: str
     score: float
-    # exclude_if: left out by pydantic-core, per field (a wrap serializer would run Python per item).
     title: str | None = Field(default=None, exclude_if=_absent)
     categories: list[str] | None = Field(default=None, exclude_if=_absent)
 
