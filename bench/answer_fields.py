@@ -4,7 +4,7 @@
 
 In process, on the serving replica's core (``towerstream.replica.Replica``) as ``towerstream
 serve`` runs it: the model payload is built from a real ``TwoTowerTrainer`` (as the tests'
-``replica_log`` does), the catalog is that trainer's items plus random unit vectors up to
+``replica_log`` does; its items are the IVF centroids), the catalog is that trainer's items plus random unit vectors up to
 ``--items`` (each with a title and categories, as published item vectors carry them), fed as
 encoded item-vector records; every query user has a ``--hist-len`` history. Timed: ``recommend``
 plus the JSON the HTTP answer sends (``model_dump_json``), k=10, in blocks that alternate the two
@@ -36,12 +36,13 @@ from towerstream.replica import Replica  # noqa: E402
 
 
 def build(args: argparse.Namespace, rng: np.random.Generator) -> tuple[Replica, list[str]]:
-    tr = trainer(n_items=200, n_users=args.users)
+    n_real = max(200, args.nlist)  # the centroids are the trainer's items: one per list
+    tr = trainer(n_items=n_real, n_users=args.users)
     blob, _ = payload(tr, 1, args.users, nlist=args.nlist, nprobe=args.nprobe)
     rep = Replica(max_k=500)
     parts = split_model(1, blob, 900_000)
     rep.apply_model_records([(0, n, part_key(p.index), encode_model_part(p)) for n, p in enumerate(parts)])
-    real = tr.embed_items(np.arange(200))
+    real = tr.embed_items(np.arange(n_real))
     dim = real.shape[1]
     offsets = [0] * ITEM_PARTITIONS
     t0 = time.perf_counter()
@@ -52,7 +53,7 @@ def build(args: argparse.Namespace, rng: np.random.Generator) -> tuple[Replica, 
         b = (0.2 / np.sqrt(1.0 + rng.integers(0, 100, n))).astype(np.float32)[:, None]
         vecs = np.concatenate([x * np.sqrt(1.0 - b * b), b], axis=1)
         if start == 0:
-            vecs[:200] = real
+            vecs[:n_real] = real
         recs = []
         for j in range(n):
             i = start + j

@@ -155,5 +155,5 @@ def test_every_metric_the_dashboard_queries_is_on_the_process_it_reads(stack: tu
     for title, job, names in targets:
         assert names, f"{title}: a target that queries no towerstream metric"
         for where in ([job] if job else ["trainer", "replicas"]):
-            missing += [f"{title}: {n} not on the {where}' /metrics" for n in sorted(names - on[where])]
+            missing += [f"{title}: {n} not on the {where}'s /metrics" for n in sorted(names - on[where])]
     assert not missing, missing

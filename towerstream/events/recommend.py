@@ -9,9 +9,9 @@ version-2 document rather than misread it (``extra="forbid"`` and its ``schema_v
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field
 
 from towerstream.events.base import EventModel, ExternalId
 
@@ -43,6 +43,10 @@ class Filters(EventModel):
     exclude_creators: list[str] = Field(default_factory=list, max_length=100)
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class _RecommendModel(EventModel):
     schema_version: int = Field(default=RECOMMEND_SCHEMA_VERSION, ge=1, le=RECOMMEND_SCHEMA_VERSION)
 
@@ -65,17 +69,8 @@ class ScoredItem(_RecommendModel):
 
     item_id: str
     score: float
-    title: str | None = None
-    categories: list[str] | None = None
-
-    @model_serializer(mode="wrap")
-    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        out: dict[str, Any] = handler(self)
-        if out.get("title", 0) is None:
-            del out["title"]
-        if out.get("categories", 0) is None:
-            del out["categories"]
-        return out
+    title: str | None = Field(default=None, exclude_if=_absent)
+    categories: list[str] | None = Field(default=None, exclude_if=_absent)
 
 
 class RecommendResponse(_RecommendModel):
