@@ -46,12 +46,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.baselines import EASE, CoOccurrence, Popularity, RiverMF  # noqa: E402
+from towers.trainer import exploration_bonus  # noqa: E402
 from towerstream.cli_evaluate import engine_config_for, evaluate_engine  # noqa: E402
 from towerstream.datasets import convert_movielens  # noqa: E402
 from towerstream.evaluation import LONG_K, EvalReport, PrequentialScorer, evaluate  # noqa: E402
 from towerstream.recording import RecordedRecord, iter_recording, write_recording  # noqa: E402
 from towerstream.settings import Settings  # noqa: E402
-from towers.trainer import exploration_bonus  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
 RECBOLE = "recbole==1.2.1"

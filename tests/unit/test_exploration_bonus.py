@@ -46,7 +46,10 @@ def test_an_item_leaves_the_window_in_the_batch_that_takes_it_there(tmp_path: Pa
         eng.apply_items([item(i) for i in range(6)])
         # Item 0 gets 4 interactions, item 1 one: both still inside the window.
         eng.learn([click(n, n, 0) for n in range(4)] + [click(10, 10, 1)])
-        bonus = lambda i: float(eng.index.get(np.array([eng.items.get(f"i{i}")]))[0, -1])  # noqa: E731
+
+        def bonus(i: int) -> float:  # the index vector's last coordinate
+            return float(eng.index.get(np.array([eng.items.get(f"i{i}")]))[0, -1])
+
         assert bonus(0) == pytest.approx(0.07, abs=1e-6) and bonus(1) == pytest.approx(0.07, abs=1e-6)
         assert bonus(5) == pytest.approx(0.07, abs=1e-6)  # never taken
         eng.learn([click(20, 20, 0)])  # the 5th: out of the window, with rolling re-embeds off
