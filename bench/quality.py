@@ -5,6 +5,7 @@
     .venv/bin/python bench/quality.py --data REC.jsonl  # any recording instead of ml-100k
     .venv/bin/python bench/quality.py --dev           # tuning: first half of the stream only
     .venv/bin/python bench/quality.py --dev --cooc-grid  # select the co-occurrence peer's settings
+    .venv/bin/python bench/quality.py --dev --bonus-grid  # select the exploration bonus (one Engine run)
 
 Protocol (towerstream.evaluation): every rating is an interaction, stable timestamp order, first
 50% warm-up, last 50% test-then-train, full ranking over the catalog, top-10 excluding the user's
@@ -16,6 +17,11 @@ earlier items. towerstream runs the worker's Engine (RocksDB, Faiss, micro-batch
 ``--dev`` is where settings are chosen: the stream is cut after its first half of interactions
 and the same protocol runs on that (warm-up on the first 25%, the 25-50% part scored), so
 nothing tuned there has seen the scored second half.
+
+``--bonus-grid``: the exploration bonus is serving-only (training never reads it), so one Engine
+run ranks the catalog under every setting of ``BONUS_GRID`` (exactly, from the index vectors
+with their bonus coordinate recomputed), each with a scorer of its own. The rule that picked the
+committed setting: the best dev HR@10 with dev cold HR@10 >= 0.05.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -39,9 +46,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.baselines import EASE, CoOccurrence, Popularity, RiverMF  # noqa: E402
+from towers.trainer import exploration_bonus  # noqa: E402
 from towerstream.cli_evaluate import engine_config_for, evaluate_engine  # noqa: E402
 from towerstream.datasets import convert_movielens  # noqa: E402
-from towerstream.evaluation import EvalReport, evaluate  # noqa: E402
+from towerstream.evaluation import LONG_K, EvalReport, PrequentialScorer, evaluate  # noqa: E402
 from towerstream.recording import RecordedRecord, iter_recording, write_recording  # noqa: E402
 from towerstream.settings import Settings  # noqa: E402
 
@@ -52,7 +60,7 @@ RECBOLE = "recbole==1.2.1"
 #: (keys starting with ``engine.`` go to EngineConfig).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no last-items path": {"recent_len": 0},
-    "bonus 0.1 (best on the dev split)": {"explore_bonus": 0.1},
+    "previous bonus (0.2 / sqrt(1 + n), no window)": {"explore_bonus": 0.2, "explore_power": 0.5, "explore_until": 0},
     "no exploration bonus": {"explore_bonus": 0.0},
     "no rolling re-embed": {"engine.reembed_per_learn": 0},
     "full logQ (strength 1)": {"logq_strength": 1.0},
@@ -76,6 +84,104 @@ COOC_GRID: dict[str, list[Any]] = {
     "window": [5, 10, 20], "last": [5, 10, 20], "decay": [0.6, 0.8, 0.9],
     "alpha": [0.3, 0.5, 0.7], "beta": [0.0, 0.2, 0.4],
 }
+
+
+#: ``--bonus-grid``: (explore_bonus, explore_power, explore_until) settings scored from one Engine run.
+BONUS_GRID: list[tuple[float, float, int]] = [
+    (0.2, 0.5, 0), (0.15, 0.5, 0), (0.1, 0.5, 0), (0.0, 0.0, 0), (0.2, 1.0, 0), (0.15, 1.0, 0), (0.2, 0.75, 0),
+    (0.03, 0.0, 5), (0.05, 0.0, 5), (0.07, 0.0, 5), (0.085, 0.0, 5), (0.1, 0.0, 5), (0.15, 0.0, 5),
+    (0.07, 0.0, 6), (0.1, 0.0, 6), (0.1, 0.0, 4), (0.07, 0.0, 8), (0.1, 0.0, 8), (0.1, 0.0, 10),
+    (0.15, 0.5, 5), (0.2, 0.5, 5),
+]
+
+
+class BonusGrid:
+    """The Engine for ``evaluate``, and beside it the catalog ranked under each ``BONUS_GRID`` setting.
+
+    Every setting's list is scored by a ``PrequentialScorer`` of its own against the event that
+    follows (the user's next event is in the round after the one that asked), so the figures are
+    those separate runs would give, at the cost of one.
+    """
+
+    def __init__(self, engine: Any, grid: list[tuple[float, float, int]]) -> None:
+        self.engine, self.grid = engine, grid
+        self.scorers = [PrequentialScorer() for _ in grid]
+        self.asked: dict[str, list[list[str]]] = {}
+
+    def apply_items(self, events: Any) -> None:
+        self.engine.apply_items(events)
+
+    def apply_users(self, events: Any) -> None:
+        self.engine.apply_users(events)
+
+    def learn(self, events: Any) -> None:
+        self.engine.learn(events)
+
+    def observe(self, events: Any) -> None:
+        for ev in events:
+            lists = self.asked.pop(ev.user_id, None)
+            for scorer, ranked in zip(self.scorers, lists or [None] * len(self.scorers)):
+                if ranked is not None:
+                    scorer.score(ev, ranked)
+                scorer.observe(ev)
+        self.engine.observe(events)
+
+    def recommend_many(self, user_ids: Any, k: int, *, exclude_seen: bool = True) -> Any:
+        eng = self.engine
+        out = eng.recommend_many(user_ids, k, exclude_seen=exclude_seen)
+        rows = np.asarray(eng.index.ids(), dtype=np.int64)
+        known = [(u, eng.users.get(u)) for u in user_ids]
+        known = [(u, r) for u, r in known if r is not None]
+        if not len(rows) or not known:
+            return out
+        V = eng.index.get(rows)  # (N, D): [sqrt(1 - b^2) v, b]
+        X = V[:, :-1] / np.sqrt(1.0 - V[:, -1:] ** 2)  # the item tower's unit vectors
+        U = eng.trainer.embed_users(np.array([r for _, r in known], dtype=np.int64))  # [u, 1] / sqrt(2)
+        cos = (U[:, :-1] @ X.T) * np.sqrt(2.0)  # (B, N)
+        n = eng.trainer.item_count[rows]
+        ext = np.array(eng.items.external(rows))
+        col = {int(r): c for c, r in enumerate(rows.tolist())}
+        per_setting = []
+        for bonus, power, until in self.grid:
+            b = np.clip(exploration_bonus(n, bonus, power, until), 0.0, 0.99).astype(np.float64)
+            per_setting.append(np.sqrt(1.0 - b**2)[None, :] * cos + b[None, :])
+        depth = min(LONG_K, len(rows))
+        for j, (u, r) in enumerate(known):
+            seen = [col[x] for x in eng.seen_rows(r) if x in col]
+            lists = []
+            for scores in per_setting:
+                s = scores[j].copy()
+                s[seen] = -np.inf
+                top = np.argpartition(-s, depth - 1)[:depth]
+                lists.append(ext[top[np.argsort(-s[top], kind="stable")]].tolist())
+            self.asked[u] = lists
+        return out
+
+
+def run_bonus_grid(path: Path, seed: int, settings: Settings, warmup: float, **overrides: Any) -> dict[str, Any]:
+    """One Engine run (``overrides`` as ``run_towerstream``'s), every ``BONUS_GRID`` setting scored."""
+    from towerstream.engine import Engine
+
+    config = engine_config(seed, settings, **overrides)
+    with tempfile.TemporaryDirectory(prefix="towerstream-bonus-") as tmp:
+        engine = Engine.open(Path(tmp), config)
+        try:
+            grid = BonusGrid(engine, BONUS_GRID)
+            report = evaluate(iter_recording(path), grid, warmup=warmup)
+        finally:
+            engine.close()
+    print(f"the Engine itself (its configured bonus): HR@10 {report.hr_at_k:.4f} NDCG@10 {report.ndcg_at_k:.4f} "
+          f"cold HR@10 {report.cold_hr_at_k:.4f}")
+    head = f"{'bonus':>7}{'power':>7}{'until':>7}{'HR@10':>8}{'NDCG@10':>9}{'HR@50':>8}{'cold HR@10':>11}"
+    print(head)
+    print("-" * len(head))
+    out = {}
+    for (bonus, power, until), scorer in zip(BONUS_GRID, grid.scorers):
+        m = scorer.summary()
+        out[f"{bonus}/{power}/{until}"] = m
+        print(f"{bonus:7.3f}{power:7.2f}{until:7d}{m['hr_at_k']:8.4f}{m['ndcg_at_k']:9.4f}{m['hr_at_50']:8.4f}"
+              f"{m['cold_hr_at_k']:11.4f}")
+    return {"engine": report.model_dump(), "grid": out}
 
 
 def first_half(records: list[RecordedRecord]) -> list[RecordedRecord]:
@@ -137,13 +243,17 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
-def run_towerstream(path: Path, seed: int, settings: Settings, **overrides: Any) -> EvalReport:
-    """The worker's Engine over ``path``; ``overrides``: TowerConfig fields, or ``engine.<field>``."""
+def engine_config(seed: int, settings: Settings, **overrides: Any) -> Any:
+    """The worker's EngineConfig; ``overrides``: TowerConfig fields, or ``engine.<field>``."""
     config = engine_config_for(settings, seed)
     engine_over = {k[len("engine."):]: v for k, v in overrides.items() if k.startswith("engine.")}
     tower_over = {k: v for k, v in overrides.items() if not k.startswith("engine.")}
-    config = dataclasses.replace(config, tower=dataclasses.replace(config.tower, **tower_over), **engine_over)
-    return evaluate_engine(path, seed=seed, settings=settings, config=config)
+    return dataclasses.replace(config, tower=dataclasses.replace(config.tower, **tower_over), **engine_over)
+
+
+def run_towerstream(path: Path, seed: int, settings: Settings, **overrides: Any) -> EvalReport:
+    """The worker's Engine over ``path``; ``overrides`` as ``engine_config``'s."""
+    return evaluate_engine(path, seed=seed, settings=settings, config=engine_config(seed, settings, **overrides))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", action="store_true",
                     help="tuning split: the first half of the stream only (warm-up 25%%, 25-50%% scored)")
     ap.add_argument("--cooc-grid", action="store_true", help="the co-occurrence peer's settings, one at a time")
+    ap.add_argument("--bonus-grid", action="store_true",
+                    help="one Engine run, the catalog ranked under every exploration bonus of BONUS_GRID")
     ap.add_argument("--tower", action="append", default=[], metavar="FIELD=VALUE",
                     help="TowerConfig (or engine.FIELD) override for every towerstream row, e.g. for --dev tuning")
     ap.add_argument("--only", action="append", default=[], metavar="ROW", help="run only the rows so named (repeatable)")
@@ -190,6 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {path} ({len(records)} records), seed {args.seed}, warm-up {args.warmup}, "
           f"towerstream micro-batch {settings.batch_max}")
 
+    if args.bonus_grid:
+        t0 = time.perf_counter()
+        grid = run_bonus_grid(path, args.seed, settings, args.warmup, **tower_over)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "data": str(path), "dev": args.dev, "tower": tower_over, "seed": args.seed, "warmup": args.warmup,
+            "machine": machine(), "versions": versions(), "seconds": time.perf_counter() - t0, **grid,
+        }, indent=2) + "\n")  # fmt: skip
+        print(f"total {time.perf_counter() - t0:.0f} s; wrote {args.json}", file=sys.stderr)
+        return 0
     rows: list[tuple[str, Any]] = [
         ("towerstream", lambda: run_towerstream(path, args.seed, settings, **tower_over)),
         ("towerstream, no logQ", lambda: run_towerstream(path, args.seed, settings, **{**tower_over, "logq": False})),

@@ -59,12 +59,16 @@ class TowerConfig:
     logq_strength: float = 0.8
     freq_hash_size: int = 1 << 20
     freq_alpha: float = 0.05
-    #: Serving-time optimism for few-interaction items: score ~ cosine + explore_bonus / (1 + count) ** explore_power.
-    #: 0.1 did better on the dev split but cost cold items on the scored protocol, where they must
-    #: not get worse (docs/benchmarks.md, learning quality round 2): kept at 0.2.
-    explore_bonus: float = 0.2
-    #: Decay of the bonus with the item's interaction count n: bonus / (1 + n) ** power (0.5: UCB-like).
-    explore_power: float = 0.5
+    #: Serving-time optimism for few-interaction items: score ~ cosine + explore_bonus / (1 + count) ** explore_power
+    #: while count < explore_until. The defaults (a flat 0.07 for an item's first 5 interactions)
+    #: were chosen on the dev split (docs/benchmarks.md, learning quality round 2).
+    explore_bonus: float = 0.07
+    #: Decay of the bonus with the item's interaction count n: bonus / (1 + n) ** power (0.5: UCB-like, 0: flat).
+    explore_power: float = 0.0
+    #: Interactions after which an item gets no bonus at all (0: never; the bonus only decays). A
+    #: decaying bonus also lifts items with tens of interactions over better-matched ones; a window
+    #: gives the lift only to items whose vectors interactions have not placed yet.
+    explore_until: int = 5
     #: Let uniform negatives update their own id embeddings (off: only content and towers learn from them).
     negative_id_grad: bool = False
     #: Mask in-batch candidates that the same user also took in this batch (true positives, not negatives).

@@ -74,6 +74,16 @@ def _grow(arr: np.ndarray, capacity: int, fill: float | int) -> np.ndarray:
     return out
 
 
+def exploration_bonus(counts: np.ndarray, bonus: float, power: float, until: int) -> np.ndarray:
+    """(N,) interaction counts -> (N,) float32 ``bonus / (1 + n) ** power``, 0 from ``until`` on (0: never)."""
+    n = counts.astype(np.float64)
+    b = bonus / (1.0 + n) ** power
+    if until > 0:
+        b = np.where(n < until, b, 0.0)
+    out: np.ndarray = b.astype(np.float32)
+    return out
+
+
 class FrequencyEstimator:
     """Streaming estimate of each item's probability of appearing in a batch (hash arrays A, B)."""
 
@@ -469,15 +479,17 @@ class TwoTowerTrainer:
                 self.user_hist_n[u] += 1
 
     def exploration_bonus(self, rows: np.ndarray) -> np.ndarray:
-        """(N,) -> (N,) optimism for items with few interactions: ``bonus / (1 + count) ** power``.
+        """(N,) -> (N,) optimism for items with few interactions: ``bonus / (1 + count) ** power``,
+        and none from ``explore_until`` interactions on (when it is not 0).
 
         A new item's id embedding has not been trained yet, so its score is uncertain and,
         next to items with thousands of updates, biased low; this UCB-style bonus lets items
         that content places near the user into the list until interactions speak for them.
+        An item that reaches ``explore_until`` is in the batch that takes it there, so its
+        vector is re-embedded, without the bonus, by that batch's step.
         """
-        n = self.item_count[rows].astype(np.float64)
-        bonus: np.ndarray = (self.cfg.explore_bonus / (1.0 + n) ** self.cfg.explore_power).astype(np.float32)
-        return bonus
+        cfg = self.cfg
+        return exploration_bonus(self.item_count[rows], cfg.explore_bonus, cfg.explore_power, cfg.explore_until)
 
     @torch.no_grad()
     def embed_items(self, rows: np.ndarray, chunk: int = 8192) -> np.ndarray:
