@@ -26,10 +26,9 @@ from tests.browser import chromium_page
 from tests.conftest import worker_settings
 from tests.integration.test_spine import wait_for
 from towerstream.broker import EmbeddedBroker
-from towerstream.cli_produce import _shifted
 from towerstream.processes import WorkerProcess, http_json
 from towerstream.settings import Settings
-from towerstream.synthetic import StreamSpec, generate, make_item
+from towerstream.synthetic import StreamSpec, generate, make_item, shifted
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
@@ -60,7 +59,7 @@ def produce_near_now(settings: Settings, spec: StreamSpec) -> None:
     records = list(generate(spec))
     offset_ms = int(time.time() * 1000) - max(r.timestamp or 0 for r in records)
     with EventProducer(settings) as prod:
-        for rec in (_shifted(r, offset_ms) for r in records):
+        for rec in (shifted(r, offset_ms) for r in records):
             prod.send_raw(settings.topic(rec.logical_topic()), rec.key.encode() if rec.key else None,
                           rec.value_bytes(), timestamp_ms=rec.timestamp)
         summary = prod.flush(timeout=30)
