@@ -150,10 +150,8 @@ def read_items(engine: Engine, rows: I64) -> ItemBatch:
         content = numpy_towers.ItemContent(*(np.array(a, copy=True) for a in content))
         bonus = trainer.exploration_bonus(rows).astype(np.float32)
         ids = engine.items.external(rows)
-    shown: list[tuple[tuple[str, ...], str | None, str | None]] = []
-    for raw in engine.store.get_many(["item:" + i for i in ids]):
-        ev = json.loads(raw).get("event", {}) if raw is not None else {}
-        shown.append((tuple(ev.get("categories") or ()), ev.get("creator"), ev.get("title")))
+    # An item deleted since the live read has no fields: it is published bare, then its tombstone.
+    shown = [(tuple(sh[1]), sh[2], sh[0]) if sh is not None else ((), None, None) for sh in engine.item_shown(ids)]
     return ItemBatch(ids, content, bonus, shown)
 
 
